@@ -1,0 +1,167 @@
+"""The prior p(0), the infusion chain q and the model sampling chain p (Sections 2.2, 2.3.1 and 2.4).
+
+Pure functions of tensors. Randomness is stateless: every function takes a `seed`, an int32 [2] tensor,
+and derives one seed per step with `stateless_fold_in`, so a fixed seed gives identical chains and a
+SavedModel can expose the seed as an input. The transition operator is any callable
+`operator(z, step, use_batch_statistics, update_statistics) -> (mean, variance)` (see networks.py),
+where `step` is 0-based: transition p(t) uses step t - 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+__all__ = [
+    "prior_parameters", "gaussian_log_prob", "prior_log_prob", "sample_prior", "infusion_sample",
+    "infusion_log_prob", "ChainTerms", "infusion_chain", "lower_bound_terms", "sampling_chain",
+]
+
+tfd = tfp.distributions
+Operator = Callable[..., tuple[tf.Tensor, tf.Tensor]]
+
+
+def prior_parameters(mean: np.ndarray, variance: np.ndarray, variance_floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Parameters of the factorial Gaussian prior p(0) fitted by maximum likelihood, Eq. 1.
+
+    The maximum-likelihood Gaussian has the per-pixel mean and variance of the training set; the floor
+    keeps constant pixels (MNIST's borders) at a finite density.
+    mean, variance: [*example_shape]. Returns: float32 (mean, max(variance, floor)), same shapes.
+    """
+    return (np.asarray(mean, np.float32),
+            np.maximum(np.asarray(variance, np.float64), variance_floor).astype(np.float32))
+
+
+def _sum_dims(values: tf.Tensor) -> tf.Tensor:
+    """[B, ...] -> [B]: the log-density of a factorial distribution is the sum over dimensions."""
+    return tf.reduce_sum(tf.reshape(values, [tf.shape(values)[0], -1]), axis=1)
+
+
+def gaussian_log_prob(z: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor) -> tf.Tensor:
+    """Per-dimension log N(z; mean, variance), with `tfp.distributions.Normal`. Shapes broadcast."""
+    return tfd.Normal(loc=mean, scale=tf.sqrt(variance)).log_prob(z)
+
+
+def prior_log_prob(z: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor) -> tf.Tensor:
+    """log p(0)(z), the factorial Gaussian prior (Sections 2.2 and 4). z: [B, ...] -> [B]."""
+    return _sum_dims(gaussian_log_prob(z, mean, variance))
+
+
+def sample_prior(num_samples, mean: tf.Tensor, variance: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """z(0) ~ p(0). Returns float32 [num_samples, *mean.shape]."""
+    shape = tf.concat([[num_samples], tf.shape(mean)], axis=0)
+    return mean + tf.sqrt(variance) * tf.random.stateless_normal(shape, seed)
+
+
+def infusion_sample(x, p_mean, p_variance, alpha_t, delta_variance: float, seed: tf.Tensor) -> tf.Tensor:
+    """z~(t) ~ q(t)(. | z~(t-1), x): per pixel, from delta_x with probability alpha(t), else from p(t) (Sec. 2.3.1).
+
+    x, p_mean, p_variance: [B, ...]; alpha_t: scalar. The draw is reparametrized: z = mean + std * noise in
+    either component, so gradients reach p(t)'s mean and variance (Section 2.4.1) unless stopped.
+    Returns: [B, ...].
+    """
+    mask_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    from_x = tf.random.stateless_uniform(tf.shape(x), mask_seed) < tf.cast(alpha_t, tf.float32)
+    noise = tf.random.stateless_normal(tf.shape(x), noise_seed)
+    return tf.where(from_x, x + math.sqrt(delta_variance) * noise, p_mean + tf.sqrt(p_variance) * noise)
+
+
+def infusion_log_prob(z, x, p_mean, p_variance, alpha_t, delta_variance: float) -> tf.Tensor:
+    """log q(t)(z | z~(t-1), x) = sum_i log[(1 - alpha) p_i(t)(z_i) + alpha N(z_i; x_i, delta)] (Sec. 2.3.1).
+
+    The per-pixel mixture is a log-sum-exp of its two components; alpha = 0 or 1 leaves one of them.
+    For t = 0, p_mean and p_variance are the prior's. Returns: [B].
+    """
+    alpha_t = tf.cast(alpha_t, tf.float32)
+    log_from_p = tf.math.log1p(-alpha_t) + gaussian_log_prob(z, p_mean, p_variance)
+    log_from_x = tf.math.log(alpha_t) + gaussian_log_prob(z, x, delta_variance)
+    return _sum_dims(tf.reduce_logsumexp(tf.stack([log_from_p, log_from_x]), axis=0))
+
+
+class ChainTerms(NamedTuple):
+    """Per-step log-densities along one infusion chain z~(0) .. z~(T-1) per example, each float32 [T, B].
+
+    log_p_target[t-1] = log p(t)(x | z~(t-1)), t = 1 .. T: the denoising terms (Section 2.3.2).
+    log_p_chain[t] = log p(t)(z~(t) | z~(t-1)), with log p(0)(z~(0)) at t = 0 (Eq. 3).
+    log_q_chain[t] = log q(t)(z~(t) | z~(t-1), x), t = 0 .. T-1 (Eq. 3).
+    """
+
+    log_p_target: tf.Tensor
+    log_p_chain: tf.Tensor
+    log_q_chain: tf.Tensor
+
+
+def _step_seed(seed: tf.Tensor, t: int | tf.Tensor) -> tf.Tensor:
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(t, tf.int32))
+
+
+def infusion_chain(operator: Operator, x, prior_mean, prior_variance, alpha, delta_variance: float,
+                   seed: tf.Tensor, *, use_batch_statistics: bool = True, update_statistics: bool = False,
+                   stop_gradient: bool = True) -> ChainTerms:
+    """Runs the infusion chain q(z~(0..T-1) | x) and scores it under p (Sections 2.3.1, 2.3.2, 2.4).
+
+    x: float32 [B, ...]; alpha: [T], alpha(t) for t = 0 .. T-1; T = len(alpha) is static, so the loop
+    unrolls into one graph. Each transition is one call of the operator, whose output serves both as
+    p(t)'s density and as q(t)'s model component. `stop_gradient=True` is the denoising procedure (no
+    gradient through the chain's samples); False reparametrizes them (lower-bound procedure, Sec. 2.4.1).
+    Returns: ChainTerms, each [T, B].
+    """
+    num_steps = int(alpha.shape[0])
+    z = infusion_sample(x, prior_mean, prior_variance, alpha[0], delta_variance, _step_seed(seed, 0))
+    z = tf.stop_gradient(z) if stop_gradient else z
+    log_p_chain = [prior_log_prob(z, prior_mean, prior_variance)]
+    log_q_chain = [infusion_log_prob(z, x, prior_mean, prior_variance, alpha[0], delta_variance)]
+    log_p_target = []
+    for t in range(1, num_steps + 1):
+        mean, variance = operator(z, step=t - 1, use_batch_statistics=use_batch_statistics,
+                                  update_statistics=update_statistics)  # [B, ...] each
+        log_p_target.append(_sum_dims(gaussian_log_prob(x, mean, variance)))
+        if t == num_steps:
+            break
+        z = infusion_sample(x, mean, variance, alpha[t], delta_variance, _step_seed(seed, t))
+        z = tf.stop_gradient(z) if stop_gradient else z
+        log_p_chain.append(_sum_dims(gaussian_log_prob(z, mean, variance)))
+        log_q_chain.append(infusion_log_prob(z, x, mean, variance, alpha[t], delta_variance))
+    return ChainTerms(tf.stack(log_p_target), tf.stack(log_p_chain), tf.stack(log_q_chain))
+
+
+def lower_bound_terms(terms: ChainTerms) -> tf.Tensor:
+    """Per-step terms of the stochastic lower bound, Eq. 3, for one chain per example.
+
+    Term t (t = 0 .. T-1) is log p(t)(z~(t) | .) - log q(t)(z~(t) | ., x); term T is log p(T)(x | z~(T-1)).
+    Their sum over steps is log p(z~, x) - log q(z~ | x), the bound's integrand.
+    Returns: float32 [T + 1, B].
+    """
+    return tf.concat([terms.log_p_chain - terms.log_q_chain, terms.log_p_target[-1:]], axis=0)
+
+
+def sampling_chain(operator: Operator, prior_mean, prior_variance, num_samples, num_steps, seed: tf.Tensor, *,
+                   return_means: bool = True, return_chain: bool = False, known=None, mask=None,
+                   use_batch_statistics: bool = False):
+    """The model sampling chain z(0) ~ p(0), z(t) ~ p(t)(. | z(t-1)) for t = 1 .. num_steps (Section 2.2).
+
+    num_steps may exceed the trained T (steps past it reuse the last batch normalization, Section 4.2) and
+    may be a tensor. With `known` [B, ...] and `mask` [B, ...] (1 = known pixel), known pixels are clamped
+    to their values at every step (inpainting). `return_means` reads out the last step's mean instead of
+    its sample, as the paper's figures do.
+    Returns: [num_samples, ...], and with `return_chain` also [num_steps + 1, num_samples, ...]: z(0), then
+    the mean (or sample) of every step.
+    """
+    clamp = (lambda z: z) if mask is None else (lambda z: mask * known + (1.0 - mask) * z)
+    z0 = clamp(sample_prior(num_samples, prior_mean, prior_variance, _step_seed(seed, 0)))
+    shown = tf.TensorArray(tf.float32, size=num_steps + 1, element_shape=z0.shape).write(0, z0)
+
+    def step(t, z, _, shown):
+        mean, variance = operator(z, step=t - 1, use_batch_statistics=use_batch_statistics, update_statistics=False)
+        noise = tf.random.stateless_normal(tf.shape(mean), _step_seed(seed, t))
+        z = clamp(mean + tf.sqrt(variance) * noise)
+        out = clamp(mean) if return_means else z
+        return t + 1, z, out, (shown.write(t, out) if return_chain else shown)
+
+    _, _, last, shown = tf.while_loop(lambda t, *_: t <= num_steps, step,
+                                      (tf.constant(1), z0, z0, shown))
+    return (last, shown.stack()) if return_chain else last

@@ -1,0 +1,176 @@
+"""Frozen configuration of an infusion-training run, with the paper's defaults.
+
+One dataclass holds every setting that changes what is trained; it is written as
+`config.json` beside every checkpoint, so a run can be rebuilt from its folder
+alone. Presets (`PRESETS["mnist"]`, `PRESETS["cifar10"]`) are
+`dataclasses.replace` of the defaults; the command line generates one flag per
+field (`train/run.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+__all__ = ["InfusionConfig", "PRESETS", "preset", "save_config", "load_config", "CONFIG_FILENAME"]
+
+CONFIG_FILENAME = "config.json"
+
+_OPERATORS = ("mlp", "conv")
+_VARIANCES = ("diagonal", "isotropic")
+_OBJECTIVES = ("denoising", "lower_bound")
+_SCHEDULES = ("increasing", "constant")
+_PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class InfusionConfig:
+    """Every setting of a model and its training. Defaults: the paper's MNIST model (Section 4)."""
+
+    # --- data
+    dataset: str = "mnist"  # mnist | fashion_mnist | mixture_of_gaussians | banana | any TFDS image dataset
+    example_shape: tuple[int, ...] = (28, 28, 1)  # shape of one example, [H, W, C] or [d]
+    dequantize: bool = True  # x = (u + U[0,1)) / 256, as the authors' code and Wu et al. (2016)
+    train_examples: int | None = None  # train on the first N of the 50k training examples (quick runs)
+    # --- infusion chain (Section 2.3.1)
+    num_steps: int = 15  # T: transitions p(1) .. p(T); q draws z~(0) .. z~(T-1)
+    schedule: str = "increasing"  # alpha(t) = alpha(t-1) + omega (footnote 2), or constant alpha0
+    alpha0: float = 0.0  # alpha(0), infusion rate of the first step
+    omega: float = 0.01  # increment of the infusion rate per step
+    delta_variance: float = 1e-4  # variance of delta_x, the narrow Gaussian around x (footnote 1)
+    prior_variance_floor: float = 1e-4  # floor on the prior's per-pixel variance (constant pixels)
+    # --- transition operator p(t)(z(t) | z(t-1)) (Section 4)
+    operator: str = "mlp"  # mlp (MNIST, TFD) | conv (CIFAR-10, CelebA; Appendix A.2)
+    width: int = 1200  # units per hidden layer (mlp) or channels of the first feature map (conv)
+    depth: int = 2  # hidden layers (mlp); the authors' final code used 1
+    variance: str = "diagonal"  # diagonal: one variance per pixel | isotropic: one per example and step
+    beta: float = 0.1  # variance = beta * sigmoid(head) + epsilon
+    epsilon: float = 1e-4
+    batch_norm_momentum: float = 0.9  # per-step batch normalization (footnote 5), authors' code
+    batch_norm_epsilon: float = 1e-4
+    # --- objective (Sections 2.3.2 and 2.4.1)
+    objective: str = "denoising"  # denoising: target x | lower_bound: target z~(t), reparametrized
+    eta0: float = 1.0  # eta(t) = eta0 * t / T weighs step t of the denoising objective (footnote 3)
+    # --- optimization
+    batch_size: int = 100
+    learning_rate: float = 1e-3  # Adam
+    epochs: int = 1500  # the authors' code; early stopping on the validation bound picks the model
+    precision: str = "float32"  # float32 | mixed_bfloat16 (densities stay float32)
+    seed: int = 0
+    # --- outputs
+    sample_every: int = 5  # write sample and chain PNGs every this many epochs
+    sampling_steps: int = 30  # the paper samples 30 steps from a 15-step model (Section 4.2)
+
+    def __post_init__(self) -> None:
+        _check_choice("operator", self.operator, _OPERATORS)
+        _check_choice("variance", self.variance, _VARIANCES)
+        _check_choice("objective", self.objective, _OBJECTIVES)
+        _check_choice("schedule", self.schedule, _SCHEDULES)
+        _check_choice("precision", self.precision, _PRECISIONS)
+        if not self.dataset or not self.dataset.strip():
+            raise ValueError("dataset must be a non-empty name, got an empty string")
+        for name in ("num_steps", "width", "depth", "batch_size", "epochs", "sample_every", "sampling_steps"):
+            _check_positive_int(name, getattr(self, name))
+        if self.train_examples is not None:
+            _check_positive_int("train_examples", self.train_examples)
+        shape = tuple(self.example_shape)
+        if not shape or any(int(s) < 1 for s in shape):
+            raise ValueError(f"example_shape must be positive dimensions, got {self.example_shape}")
+        object.__setattr__(self, "example_shape", tuple(int(s) for s in shape))
+        for name in ("delta_variance", "prior_variance_floor", "beta", "epsilon", "learning_rate",
+                     "batch_norm_epsilon"):
+            if not float(getattr(self, name)) > 0.0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.batch_norm_momentum < 1.0:
+            raise ValueError(f"batch_norm_momentum must be in [0, 1), got {self.batch_norm_momentum}")
+        if self.eta0 <= 0.0:
+            raise ValueError(f"eta0 must be > 0, got {self.eta0}")
+        if self.operator == "conv" and (len(shape) != 3 or shape[0] != shape[1] or shape[0] not in (32, 64)):
+            raise ValueError(
+                f"the conv operator takes 32x32xC or 64x64xC images, got example_shape {shape}")
+        # Imported here: schedule.py imports nothing from config, and the rates are checked
+        # at construction so a bad alpha fails before any data is loaded.
+        from infusion_tf.schedule import infusion_rates
+
+        infusion_rates(self.num_steps, self.alpha0, self.omega, self.schedule)
+
+    @property
+    def num_dims(self) -> int:
+        """d, the number of dimensions of one example."""
+        d = 1
+        for s in self.example_shape:
+            d *= s
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "example_shape": list(self.example_shape)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "InfusionConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}; known fields are {sorted(known)}")
+        values = dict(values)
+        if "example_shape" in values:
+            values["example_shape"] = tuple(values["example_shape"])
+        return cls(**values)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+PRESETS: dict[str, InfusionConfig] = {
+    # Section 4: 2 x 1200 MLP, T = 15, alpha(t) = alpha(t-1) + 0.01 from 0.
+    "mnist": InfusionConfig(),
+    "fashion_mnist": InfusionConfig(dataset="fashion_mnist"),
+    # Section 4 and Appendix A.2: conv operator, T = 20, omega = 0.02.
+    "cifar10": InfusionConfig(dataset="cifar10", example_shape=(32, 32, 3), operator="conv", width=512,
+                              num_steps=20, omega=0.02, sampling_steps=40),
+    # 2-D toy densities for quick experiments: a small MLP, few steps, no dequantization.
+    "mixture_of_gaussians": InfusionConfig(dataset="mixture_of_gaussians", example_shape=(2,), width=128,
+                                           num_steps=10, omega=0.02, dequantize=False, sampling_steps=10,
+                                           epochs=50, batch_size=256),
+    "banana": InfusionConfig(dataset="banana", example_shape=(2,), width=128, num_steps=10, omega=0.02,
+                             dequantize=False, sampling_steps=10, epochs=50, batch_size=256),
+}
+
+
+def preset(dataset: str) -> InfusionConfig:
+    """The preset for a dataset; another TFDS dataset starts from the cifar10 preset with its name."""
+    if dataset in PRESETS:
+        return PRESETS[dataset]
+    return dataclasses.replace(PRESETS["cifar10"], dataset=dataset)
+
+
+def save_config(config: InfusionConfig, directory: str) -> str:
+    """Writes `<directory>/config.json` atomically; returns its path."""
+    path = os.path.join(directory, CONFIG_FILENAME)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_config(directory: str) -> InfusionConfig:
+    """Reads `<directory>/config.json`; FileNotFoundError naming the path when there is none."""
+    path = os.path.join(directory, CONFIG_FILENAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {CONFIG_FILENAME} in {directory!r}: not a run or checkpoint folder")
+    with open(path) as f:
+        try:
+            values = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    return InfusionConfig.from_dict(values)
