@@ -22,6 +22,7 @@ setup(
         "numpy",
         "scipy",
         "matplotlib",
+        "tensorboard",  # TensorBoard logs of training; tensorflow 2.21 does not install it
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
     entry_points={

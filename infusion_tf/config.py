@@ -34,6 +34,7 @@ class InfusionConfig:
     example_shape: tuple[int, ...] = (28, 28, 1)  # shape of one example, [H, W, C] or [d]
     dequantize: bool = True  # x = (u + U[0,1)) / 256, as the authors' code and Wu et al. (2016)
     train_examples: int | None = None  # train on the first N of the 50k training examples (quick runs)
+    validation_examples: int | None = None  # validate on the first N of the 10k validation examples
     # --- infusion chain (Section 2.3.1)
     num_steps: int = 15  # T: transitions p(1) .. p(T); q draws z~(0) .. z~(T-1)
     schedule: str = "increasing"  # alpha(t) = alpha(t-1) + omega (footnote 2), or constant alpha0
@@ -73,8 +74,9 @@ class InfusionConfig:
             raise ValueError("dataset must be a non-empty name, got an empty string")
         for name in ("num_steps", "width", "depth", "batch_size", "epochs", "sample_every", "sampling_steps"):
             _check_positive_int(name, getattr(self, name))
-        if self.train_examples is not None:
-            _check_positive_int("train_examples", self.train_examples)
+        for name in ("train_examples", "validation_examples"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
         shape = tuple(self.example_shape)
         if not shape or any(int(s) < 1 for s in shape):
             raise ValueError(f"example_shape must be positive dimensions, got {self.example_shape}")

@@ -173,11 +173,11 @@ class InfusionModel(keras.Model):
             if len(value.shape) != len(expected) + 1 or tuple(value.shape[1:]) != expected:
                 raise ValueError(f"{name} must have shape [batch, {', '.join(map(str, expected))}], "
                                  f"got {list(value.shape)}")
-        if images.shape[0] != mask.shape[0]:
+        if images.shape[0] is not None and mask.shape[0] is not None and images.shape[0] != mask.shape[0]:
             raise ValueError(f"images and mask batch sizes differ: {images.shape[0]} vs {mask.shape[0]}")
         num_steps = self.config.sampling_steps if num_steps is None else int(num_steps)
         return chains.sampling_chain(
-            self.operator, self.prior_mean, self.prior_variance, images.shape[0], num_steps,
+            self.operator, self.prior_mean, self.prior_variance, tf.shape(images)[0], num_steps,
             self._seed_tensor(seed), known=images, mask=mask, return_chain=return_chain)
 
     def _seed_tensor(self, seed):

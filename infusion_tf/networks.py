@@ -36,10 +36,12 @@ class StepBatchNormalization(keras.layers.Layer):
         shape = (self.num_steps, channels)
         self.gamma = self.add_weight(name="gamma", shape=shape, initializer="ones", autocast=False)
         self.beta = self.add_weight(name="beta", shape=shape, initializer="zeros", autocast=False)
+        # aggregation="mean": under MirroredStrategy the replicas' updates are averaged, so every
+        # replica keeps the same statistics.
         self.moving_mean = self.add_weight(name="moving_mean", shape=shape, initializer="zeros",
-                                           trainable=False, autocast=False)
+                                           trainable=False, autocast=False, aggregation="mean")
         self.moving_variance = self.add_weight(name="moving_variance", shape=shape, initializer="ones",
-                                               trainable=False, autocast=False)
+                                               trainable=False, autocast=False, aggregation="mean")
 
     def call(self, x, step, use_batch_statistics=False, update_statistics=False):
         index = tf.minimum(tf.cast(step, tf.int32), self.num_steps - 1)
@@ -66,6 +68,8 @@ class StepBatchNormalization(keras.layers.Layer):
 
     def set_statistics(self, step: int, mean, variance) -> None:
         """Overwrites step's moving statistics, e.g. with statistics over the whole training set."""
+        if not 0 <= int(step) < self.num_steps:
+            raise ValueError(f"step must be in [0, {self.num_steps - 1}], got {step}")
         row = tf.one_hot(step, self.num_steps, dtype=tf.float32)[:, None]
         self.moving_mean.assign(self.moving_mean * (1.0 - row) + row * tf.cast(mean, tf.float32)[None])
         self.moving_variance.assign(self.moving_variance * (1.0 - row) + row * tf.cast(variance, tf.float32)[None])

@@ -1,0 +1,116 @@
+"""Command lines: `python train/run.py` (console script `infusion-train`).
+
+One flag per InfusionConfig field, generated from the dataclass (help text from its field comments);
+`--dataset` picks the preset whose values the other flags override. Bad input ends with a one-line
+`error: ...` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import sys
+import typing
+
+from infusion_tf import config as config_lib
+from infusion_tf.config import InfusionConfig
+
+__all__ = ["add_config_flags", "config_from_flags", "train_parser", "train_main"]
+
+# Fields set by other means: the dataset by --dataset, the example shape by the data.
+_NOT_FLAGS = ("dataset", "example_shape")
+
+
+def _field_help() -> dict[str, str]:
+    """Field name -> the comment beside it in InfusionConfig's source."""
+    source = inspect.getsource(InfusionConfig)
+    return {m.group(1): m.group(2).strip()
+            for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.*)$", source, flags=re.MULTILINE)}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds --<field> for each InfusionConfig field; every default is None (= keep the preset's value)."""
+    helps = _field_help()
+    hints = typing.get_type_hints(InfusionConfig)
+    group = parser.add_argument_group("model and training settings (defaults: the dataset's preset)")
+    for field in dataclasses.fields(InfusionConfig):
+        if field.name in _NOT_FLAGS:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        hint = hints[field.name]
+        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        text = f"{helps.get(field.name, '')} (preset mnist: {field.default})"
+        if base is bool:
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=text)
+        else:
+            group.add_argument(flag, dest=field.name, type=base, default=None, help=text)
+
+
+def config_from_flags(args: argparse.Namespace, example_shape: tuple[int, ...] | None = None) -> InfusionConfig:
+    """The preset of args.dataset with every flag that was given applied (and the data's example shape)."""
+    base = config_lib.preset(args.dataset)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(InfusionConfig)
+                 if f.name not in _NOT_FLAGS and getattr(args, f.name, None) is not None}
+    if example_shape is not None:
+        overrides["example_shape"] = tuple(example_shape)
+    return dataclasses.replace(base, **overrides)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train/run.py", description="Infusion training (Bordes, Honari & Vincent, ICLR 2017).")
+    parser.add_argument("--dataset", default="mnist",
+                        help="(default mnist) mnist, fashion_mnist (local IDX files), mixture_of_gaussians, banana (2-D toys), "
+                             "or any TFDS image dataset such as cifar10 (needs internet the first time)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder of the four IDX .gz files (default: the MNIST files shipped with the "
+                             "package) or the TFDS data folder")
+    parser.add_argument("--output-dir", default=None, help="run folder (default: runs/<dataset>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    parser.add_argument("--overwrite", action="store_true", help="delete --output-dir's previous run first")
+    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                        help="0 silent, 1 progress bar, 2 one line per epoch")
+    add_config_flags(parser)
+    return parser
+
+
+def _resume_config(args: argparse.Namespace, output_dir: str) -> InfusionConfig:
+    """The saved config of the run in output_dir, with --epochs applied; other flags must agree with it."""
+    saved = config_lib.load_config(output_dir)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(InfusionConfig)
+             if f.name not in _NOT_FLAGS and getattr(args, f.name, None) is not None}
+    conflicts = sorted(k for k, v in given.items() if k != "epochs" and getattr(saved, k) != v)
+    if conflicts:
+        raise ValueError(f"--resume continues {output_dir!r} with its saved config.json; only --epochs may "
+                         f"change, but these flags differ from it: {conflicts}")
+    return dataclasses.replace(saved, epochs=given.get("epochs", saved.epochs))
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Entry point of `python train/run.py`; returns the exit status."""
+    args = train_parser().parse_args(argv)
+    output_dir = args.output_dir or f"runs/{args.dataset}"
+    try:
+        from infusion_tf import data as data_lib
+        from infusion_tf import training
+
+        if args.resume:
+            config = _resume_config(args, output_dir)
+        else:
+            config = config_from_flags(args)  # fails fast on bad flags, before any data is read
+        if not args.resume and args.dataset not in config_lib.PRESETS:
+            # Another TFDS dataset: its example shape comes from the data.
+            shape = data_lib.load_splits(args.dataset, data_dir=args.data_dir).example_shape
+            config = config_from_flags(args, shape)
+        training.train(config, output_dir, data_dir=args.data_dir, resume=args.resume,
+                       overwrite=args.overwrite, verbose=args.verbose)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(f"done: {output_dir}")
+    return 0

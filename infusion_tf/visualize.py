@@ -1,0 +1,100 @@
+"""Pictures: grids of samples (Figure 1 / 4 of the paper), sampling chains (Figure 1), training curves (Figure 3)."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["image_grid", "save_png", "save_sample_grid", "save_chain_grid", "save_scatter", "plot_curves"]
+
+
+def image_grid(images: np.ndarray, rows: int, cols: int, padding: int = 1) -> np.ndarray:
+    """Tiles images [N, H, W, C] in [0, 1] into one uint8 image [rows * (H + p), cols * (W + p), C], row-major."""
+    images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+    n, h, w, c = images.shape
+    grid = np.ones((rows * (h + padding) + padding, cols * (w + padding) + padding, c), np.float32)
+    for i in range(min(n, rows * cols)):
+        r, q = divmod(i, cols)
+        top, left = padding + r * (h + padding), padding + q * (w + padding)
+        grid[top:top + h, left:left + w] = images[i]
+    return np.round(grid * 255.0).astype(np.uint8)
+
+
+def save_png(path: str, image: np.ndarray, scale: int = 2) -> str:
+    """Writes a uint8 [H, W, C] image as PNG (nearest-neighbour upscaled by `scale`), atomically."""
+    image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+    tmp = path + ".tmp"
+    tf.io.write_file(tmp, tf.io.encode_png(image))
+    os.replace(tmp, path)
+    return path
+
+
+def save_sample_grid(path: str, samples: np.ndarray, cols: int = 10) -> str:
+    """A grid of samples [N, H, W, C] (Figure 4)."""
+    samples = np.asarray(samples)
+    rows = int(np.ceil(len(samples) / cols))
+    return save_png(path, image_grid(samples, rows, cols))
+
+
+def save_chain_grid(path: str, chain: np.ndarray, max_columns: int = 16) -> str:
+    """Sampling chains [steps + 1, N, H, W, C]: one row per chain, columns from z(0) to the last step (Figure 1).
+
+    Long chains are thinned to at most `max_columns` evenly spaced steps, always keeping the first and last.
+    """
+    chain = np.asarray(chain)
+    steps = chain.shape[0]
+    columns = np.unique(np.linspace(0, steps - 1, min(steps, max_columns)).round().astype(int))
+    chosen = chain[columns]  # [cols, N, H, W, C]
+    tiles = np.transpose(chosen, (1, 0, 2, 3, 4)).reshape(-1, *chain.shape[2:])  # row = chain
+    return save_png(path, image_grid(tiles, chain.shape[1], len(columns)))
+
+
+def save_scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = None, title: str = "") -> str:
+    """Scatter plot of 2-D samples [N, 2] over the data [M, 2] (toy densities), with matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    if reference is not None:
+        ax.scatter(reference[:, 0], reference[:, 1], s=2, alpha=0.3, c="tab:gray", label="data")
+    ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.6, c="tab:blue", label="samples")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="upper right", markerscale=4)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(csv_path: str, png_path: str, keys=("lower_bound", "val_lower_bound"), title: str = "") -> str:
+    """Training curves from the CSV log of a run (Figure 3): lower bound in nats against epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{csv_path} holds no epochs yet")
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for key in keys:
+        if key in rows[0]:
+            ax.plot(epochs, [float(r[key]) for r in rows], label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("lower bound (nats per example)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path

@@ -1,0 +1,268 @@
+"""Tests of infusion_tf.export: the SavedModel's signatures, its standalone reload, and the command line."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from infusion_tf import PRESETS, InfusionConfig, InfusionModel
+from infusion_tf.config import save_config
+from infusion_tf.export import export_from_checkpoint, export_saved_model, main
+
+CONFIG = InfusionConfig(width=32, depth=1, num_steps=3, sampling_steps=4, batch_size=32)
+MAX_SAMPLES = 512  # > CHUNK_SIZE, so a request of 300 runs in two chunks
+
+
+def _images(n, seed=0):
+    """Blurry random blobs in [0, 1], float32 [n, 28, 28, 1]: enough structure for non-trivial BN stats."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(size=(n, 7, 7, 1))
+    return np.clip(np.kron(coarse, np.ones((1, 4, 4, 1))) + 0.05 * rng.normal(size=(n, 28, 28, 1)),
+                   0.0, 1.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    model = InfusionModel(CONFIG)
+    x = _images(64)
+    model.set_prior(x.mean(axis=0), x.var(axis=0))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(x, batch_size=32, epochs=1, verbose=0)
+    norm = model.step_batch_norms()[0]
+    assert not np.allclose(norm.moving_mean.numpy(), 0.0)  # the export must carry trained statistics
+    assert not np.allclose(norm.moving_variance.numpy(), 1.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    return export_saved_model(model, str(tmp_path_factory.mktemp("export") / "saved_model"), MAX_SAMPLES)
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported)
+
+
+@pytest.mark.parametrize("num_samples,num_steps,seed", [(5, 4, 7), (300, 6, 1)])
+def test_sample_matches_model_sample(model, loaded, num_samples, num_steps, seed):
+    images = loaded.sample(num_samples=num_samples, num_steps=num_steps, seed=seed)["images"].numpy()
+    expected = model.sample(num_samples, num_steps, seed=seed).numpy()
+    assert images.shape == (num_samples, 28, 28, 1)
+    np.testing.assert_allclose(images, expected, atol=1e-5)
+    again = loaded.signatures["sample"](num_samples=tf.constant(num_samples), num_steps=tf.constant(num_steps),
+                                        seed=tf.constant(seed))["images"].numpy()
+    np.testing.assert_array_equal(again, images)
+    other = loaded.sample(num_samples=num_samples, num_steps=num_steps, seed=seed + 1)["images"].numpy()
+    assert not np.allclose(other, images)
+
+
+def test_inpaint_matches_model_inpaint(model, loaded):
+    x = _images(3, seed=1)
+    mask = (np.random.default_rng(2).uniform(size=x.shape) < 0.5).astype(np.float32)
+    filled = loaded.inpaint(images=x, mask=mask, num_steps=4, seed=3)["images"].numpy()
+    np.testing.assert_allclose(filled, model.inpaint(x, mask, 4, seed=3).numpy(), atol=1e-5)
+    np.testing.assert_array_equal(filled[mask == 1], x[mask == 1])
+
+
+def test_saved_model_holds_core_tf_ops_only(exported):
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(exported, "saved_model.pb"), "rb") as f:
+        raw = f.read()
+    proto.ParseFromString(raw)
+    (meta_graph,) = proto.meta_graphs
+    ops = {node.op for node in meta_graph.graph_def.node}
+    library = meta_graph.graph_def.library
+    function_names = {function.signature.name for function in library.function}
+    for function in library.function:
+        ops |= {node.op for node in function.node_def}
+    unknown = sorted(op for op in ops - function_names if not hasattr(tf.raw_ops, op))
+    assert not unknown, f"ops outside core TensorFlow: {unknown}"
+    assert b"tensorflow_probability" not in raw and b"tfp." not in raw
+    assert set(meta_graph.signature_def) >= {"sample", "inpaint"}
+    identifiers = {node.user_object.identifier for node in meta_graph.object_graph_def.nodes
+                   if node.HasField("user_object")}
+    assert identifiers <= {"_generic_user_object", "trackable_list_wrapper", "trackable_dict_wrapper",
+                           "signature_map"}, identifiers  # no Keras or TFP objects to revive
+
+
+@pytest.mark.parametrize("preset_name,width", [("banana", 16), ("cifar10", 8)])
+def test_toy_and_conv_models_export(preset_name, width, tmp_path):
+    config = dataclasses.replace(PRESETS[preset_name], width=width, num_steps=2)
+    model = InfusionModel(config)
+    path = export_saved_model(model, str(tmp_path / "saved_model"), max_samples=40, chunk_size=16)
+    loaded = tf.saved_model.load(path)
+    images = loaded.sample(num_samples=33, num_steps=3, seed=5)["images"].numpy()  # three chunks of 11
+    assert images.shape == (33, *config.example_shape)
+    np.testing.assert_allclose(images, model.sample(33, 3, seed=5).numpy(), atol=1e-5)
+
+
+def test_export_replaces_old_export_and_leaves_nothing_else(model, tmp_path):
+    path = tmp_path / "out"
+    export_saved_model(model, str(path), max_samples=8)
+    export_saved_model(model, str(path), max_samples=8)
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert os.path.isfile(path / "saved_model.pb")
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not overwriting"):
+        export_saved_model(model, str(tmp_path / "precious"))
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="max_samples"):
+        export_saved_model(model, str(path), max_samples=0)
+
+
+_FRESH_PROCESS = """
+import numpy as np
+for blocked in ("tensorflow_probability", "infusion_tf", "keras"):
+    try:
+        __import__(blocked)
+    except ImportError as e:
+        assert "blocked" in str(e), e
+    else:
+        raise AssertionError(blocked + " is importable")
+import tensorflow as tf
+
+loaded = tf.saved_model.load(PATH)
+images = loaded.signatures["sample"](num_samples=tf.constant(6), num_steps=tf.constant(5),
+                                     seed=tf.constant(7))["images"].numpy()
+assert images.shape == (6, 28, 28, 1), images.shape
+assert images.min() >= 0.0 and images.max() <= 1.0
+np.testing.assert_allclose(images, np.load(EXPECTED), atol=1e-5)
+
+x = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype(np.float32)
+mask = np.zeros_like(x)
+mask[:, :14] = 1.0  # top half known
+filled = loaded.inpaint(images=x, mask=mask, num_steps=3, seed=1)["images"].numpy()
+assert filled.shape == x.shape and filled.min() >= 0.0 and filled.max() <= 1.0
+np.testing.assert_array_equal(filled[:, :14], x[:, :14])
+assert not np.allclose(filled[:, 14:], x[:, 14:])
+
+def fails(call, expected):
+    try:
+        call()
+    except tf.errors.InvalidArgumentError as e:
+        assert expected in e.message, e.message
+    else:
+        raise AssertionError("no error for " + expected)
+
+fails(lambda: loaded.sample(num_samples=0, num_steps=3, seed=0), "num_samples must be >= 1")
+fails(lambda: loaded.sample(num_samples=MAX + 1, num_steps=3, seed=0), "num_samples must be <= %d" % MAX)
+fails(lambda: loaded.sample(num_samples=2, num_steps=0, seed=0), "num_steps must be >= 1")
+fails(lambda: loaded.inpaint(images=x, mask=mask * 0.5, num_steps=3, seed=0), "mask values must be 0")
+fails(lambda: loaded.inpaint(images=x + 1.0, mask=mask, num_steps=3, seed=0), "images must be in [0, 1]")
+fails(lambda: loaded.inpaint(images=x, mask=mask[:1], num_steps=3, seed=0), "same shape")
+print("fresh process ok")
+"""
+
+
+def test_reload_in_fresh_process_without_tfp_or_infusion_tf(model, exported, tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for name in ("tensorflow_probability", "infusion_tf", "keras"):
+        (blocked / f"{name}.py").write_text('raise ImportError("blocked")\n')
+    expected = tmp_path / "expected.npy"
+    np.save(expected, model.sample(6, 5, seed=7).numpy())
+    script = (f"PATH, EXPECTED, MAX = {exported!r}, {str(expected)!r}, {MAX_SAMPLES}\n"
+              + textwrap.dedent(_FRESH_PROCESS))
+    env = {**os.environ, "PYTHONPATH": str(blocked), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=blocked, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "fresh process ok" in result.stdout
+
+
+def test_concurrent_requests_match_single_threaded(loaded):
+    seeds = list(range(8))
+    call = loaded.signatures["sample"]
+    request = lambda s: call(num_samples=tf.constant(16), num_steps=tf.constant(4),  # noqa: E731
+                             seed=tf.constant(s))["images"].numpy()
+    expected = {s: request(s) for s in seeds}
+    results, errors = {}, []
+
+    def worker(s):
+        try:
+            for _ in range(3):
+                results.setdefault(s, []).append(request(s))
+        except Exception as e:  # surfaced below; a thread's exception does not fail the test by itself
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in seeds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for s in seeds:
+        for images in results[s]:
+            np.testing.assert_array_equal(images, expected[s])
+
+
+@pytest.fixture
+def run_folder(model, tmp_path):
+    folder = tmp_path / "run"
+    (folder / "checkpoints").mkdir(parents=True)
+    save_config(model.config, str(folder))
+    model.save_weights(str(folder / "checkpoints" / "last.weights.h5"))
+    return folder
+
+
+def test_command_line_exports_a_run_folder(model, run_folder):
+    result = subprocess.run([sys.executable, "-m", "infusion_tf.export", "--checkpoint", str(run_folder),
+                             "--weights", "last", "--max-samples", "32"], cwd=run_folder, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    path = str(run_folder / "saved_model")
+    assert result.stdout.strip().splitlines()[-1] == path
+    loaded = tf.saved_model.load(path)
+    np.testing.assert_allclose(loaded.sample(num_samples=4, num_steps=4, seed=2)["images"].numpy(),
+                               model.sample(4, 4, seed=2).numpy(), atol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples must be <= 32"):
+        loaded.sample(num_samples=33, num_steps=1, seed=0)
+
+
+def test_command_line_missing_folder_exits_2(tmp_path):
+    missing = str(tmp_path / "no_such_run")
+    result = subprocess.run([sys.executable, "-m", "infusion_tf.export", "--checkpoint", missing],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 2
+    assert f"error: checkpoint folder {missing!r} does not exist" in result.stderr
+
+
+def test_weights_from_another_architecture_exit_2(run_folder, tmp_path, capsys):
+    narrow = InfusionModel(dataclasses.replace(CONFIG, width=16))
+    weights = str(tmp_path / "narrow.weights.h5")
+    narrow.save_weights(weights)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(run_folder), "--weights", weights, "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("error: ") and weights in message and "config.json" in message
+    assert "width=32" in message
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_export_from_checkpoint_paths(model, run_folder, tmp_path):
+    explicit = str(run_folder / "checkpoints" / "last.weights.h5")
+    out = export_from_checkpoint(str(run_folder), str(tmp_path / "explicit"), weights=explicit, max_samples=4)
+    assert out == str(tmp_path / "explicit")
+    with pytest.raises(FileNotFoundError, match="best.weights.h5"):
+        export_from_checkpoint(str(run_folder), weights="best")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_from_checkpoint(str(run_folder), weights=str(tmp_path / "nope.weights.h5"))
+    (tmp_path / "no_config").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        export_from_checkpoint(str(tmp_path / "no_config"))
+    os.remove(explicit)
+    with pytest.raises(FileNotFoundError, match="last.weights.h5"):
+        export_from_checkpoint(str(run_folder))
