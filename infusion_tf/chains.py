@@ -88,11 +88,14 @@ class ChainTerms(NamedTuple):
     log_p_target[t-1] = log p(t)(x | z~(t-1)), t = 1 .. T: the denoising terms (Section 2.3.2).
     log_p_chain[t] = log p(t)(z~(t) | z~(t-1)), with log p(0)(z~(0)) at t = 0 (Eq. 3).
     log_q_chain[t] = log q(t)(z~(t) | z~(t-1), x), t = 0 .. T-1 (Eq. 3).
+    final_squared_error = ||x - mean of p(T)(. | z~(T-1))||^2, [B]: with it the last term can be rescored
+    under any isotropic variance (Table 2's isotropic output).
     """
 
     log_p_target: tf.Tensor
     log_p_chain: tf.Tensor
     log_q_chain: tf.Tensor
+    final_squared_error: tf.Tensor | None = None
 
 
 def _step_seed(seed: tf.Tensor, t: int | tf.Tensor) -> tf.Tensor:
@@ -121,12 +124,13 @@ def infusion_chain(operator: Operator, x, prior_mean, prior_variance, alpha, del
                                   update_statistics=update_statistics)  # [B, ...] each
         log_p_target.append(_sum_dims(gaussian_log_prob(x, mean, variance)))
         if t == num_steps:
+            final_squared_error = _sum_dims(tf.square(x - mean))
             break
         z = infusion_sample(x, mean, variance, alpha[t], delta_variance, _step_seed(seed, t))
         z = tf.stop_gradient(z) if stop_gradient else z
         log_p_chain.append(_sum_dims(gaussian_log_prob(z, mean, variance)))
         log_q_chain.append(infusion_log_prob(z, x, mean, variance, alpha[t], delta_variance))
-    return ChainTerms(tf.stack(log_p_target), tf.stack(log_p_chain), tf.stack(log_q_chain))
+    return ChainTerms(tf.stack(log_p_target), tf.stack(log_p_chain), tf.stack(log_q_chain), final_squared_error)
 
 
 def lower_bound_terms(terms: ChainTerms) -> tf.Tensor:

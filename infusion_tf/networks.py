@@ -30,6 +30,9 @@ class StepBatchNormalization(keras.layers.Layer):
         self.num_steps = int(num_steps)
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
+        # Eager-only hook: recorder(layer, step, mean, variance, count) sees every batch's moments, so
+        # estimators.recompute_batch_norm_statistics can pool them over the whole training set.
+        self.recorder = None
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
@@ -51,6 +54,9 @@ class StepBatchNormalization(keras.layers.Layer):
             mean, variance = tf.nn.moments(x32, axes=axes)  # [C]
             if update_statistics:
                 self._update_moving_statistics(index, mean, variance)
+            if self.recorder is not None:
+                count = tf.size(x32) // tf.shape(x32)[-1]
+                self.recorder(self, index, mean, variance, count)
         else:
             mean = tf.gather(self.moving_mean, index)
             variance = tf.gather(self.moving_variance, index)
