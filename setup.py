@@ -28,7 +28,7 @@ setup(
     entry_points={
         "console_scripts": [
             "infusion-train=infusion_tf.cli:train_main",
-            "infusion-eval=infusion_tf.cli:eval_main",
+            "infusion-eval=infusion_tf.evaluate:main",
             "infusion-export=infusion_tf.export:main",
         ]
     },

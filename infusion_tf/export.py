@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from infusion_tf import chains
-from infusion_tf.config import load_config
+from infusion_tf.checkpoint import find_weights, load_checkpoint
 from infusion_tf.model import InfusionModel
 
 __all__ = ["export_saved_model", "export_from_checkpoint", "find_weights", "main", "DEFAULT_MAX_SAMPLES",
@@ -153,25 +153,6 @@ def export_saved_model(model: InfusionModel, path: str, max_samples: int = DEFAU
     return path
 
 
-def find_weights(checkpoint_dir: str, weights: str | None = None) -> str:
-    """The weights file of a run folder: `weights` "best" / "last" / a path; None: best if present, else last.
-
-    A name is looked up as `<dir>/checkpoints/<name>.weights.h5`, then `<dir>/<name>.weights.h5`.
-    Raises: FileNotFoundError naming the paths tried.
-    """
-    if weights not in (None, "best", "last"):
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"weights file {weights!r} does not exist")
-        return weights
-    tried = []
-    for name in (["best", "last"] if weights is None else [weights]):
-        for folder in (os.path.join(checkpoint_dir, "checkpoints"), checkpoint_dir):
-            tried.append(os.path.join(folder, f"{name}.weights.h5"))
-            if os.path.isfile(tried[-1]):
-                return tried[-1]
-    raise FileNotFoundError(f"no weights in {checkpoint_dir!r}: tried {', '.join(tried)}")
-
-
 def export_from_checkpoint(checkpoint_dir: str, output: str | None = None, *, weights: str | None = None,
                            max_samples: int = DEFAULT_MAX_SAMPLES) -> str:
     """Rebuilds the model of a run folder (config.json + weights) and exports it; returns the export path.
@@ -180,21 +161,7 @@ def export_from_checkpoint(checkpoint_dir: str, output: str | None = None, *, we
     Raises: FileNotFoundError naming a missing folder, config or weights file; ValueError when the
     weights do not fit the config's architecture.
     """
-    if not os.path.isdir(checkpoint_dir):
-        raise FileNotFoundError(f"checkpoint folder {checkpoint_dir!r} does not exist")
-    config = load_config(checkpoint_dir)
-    weights_path = find_weights(checkpoint_dir, weights)
-    model = InfusionModel(config)
-    try:
-        model.load_weights(weights_path)
-    except ValueError as e:
-        # Keras' message runs to many lines; its first two say what did not load and why.
-        detail = " ".join([line.strip() for line in str(e).splitlines() if line.strip()][:2]) or type(e).__name__
-        raise ValueError(
-            f"weights {weights_path!r} do not match the architecture of "
-            f"{os.path.join(checkpoint_dir, 'config.json')!r} (operator={config.operator}, width={config.width}, "
-            f"depth={config.depth}, num_steps={config.num_steps}, variance={config.variance}, "
-            f"example_shape={list(config.example_shape)}): {detail}") from None
+    model = load_checkpoint(checkpoint_dir, weights)
     if output is None:
         output = os.path.join(checkpoint_dir, SAVED_MODEL_DIRNAME)
     return export_saved_model(model, output, max_samples)

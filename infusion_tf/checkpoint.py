@@ -1,0 +1,57 @@
+"""Run and checkpoint folders: find a weights file and rebuild the model it belongs to.
+
+A folder holds `config.json` and weights in `checkpoints/{best,last}.weights.h5` (as the training command
+writes them) or `{best,last}.weights.h5` beside config.json (as `pretrained/` ships them).
+"""
+
+from __future__ import annotations
+
+import os
+
+from infusion_tf.config import CONFIG_FILENAME, load_config
+from infusion_tf.model import InfusionModel
+
+__all__ = ["find_weights", "load_checkpoint"]
+
+
+def find_weights(checkpoint_dir: str, weights: str | None = None) -> str:
+    """The weights file of a run folder: `weights` "best" / "last" / a path; None: best if present, else last.
+
+    A name is looked up as `<dir>/checkpoints/<name>.weights.h5`, then `<dir>/<name>.weights.h5`.
+    Raises: FileNotFoundError naming the paths tried.
+    """
+    if weights not in (None, "best", "last"):
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"weights file {weights!r} does not exist")
+        return weights
+    tried = []
+    for name in (["best", "last"] if weights is None else [weights]):
+        for folder in (os.path.join(checkpoint_dir, "checkpoints"), checkpoint_dir):
+            tried.append(os.path.join(folder, f"{name}.weights.h5"))
+            if os.path.isfile(tried[-1]):
+                return tried[-1]
+    raise FileNotFoundError(f"no weights in {checkpoint_dir!r}: tried {', '.join(tried)}")
+
+
+def load_checkpoint(checkpoint_dir: str, weights: str | None = None) -> InfusionModel:
+    """The InfusionModel of a run folder: built from its config.json, with its weights loaded.
+
+    Raises: FileNotFoundError naming a missing folder, config or weights file; ValueError when the
+    weights do not fit the config's architecture.
+    """
+    if not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(f"checkpoint folder {checkpoint_dir!r} does not exist")
+    config = load_config(checkpoint_dir)
+    weights_path = find_weights(checkpoint_dir, weights)
+    model = InfusionModel(config)
+    try:
+        model.load_weights(weights_path)
+    except ValueError as e:
+        # Keras' message runs to many lines; its first two say what did not load and why.
+        detail = " ".join([line.strip() for line in str(e).splitlines() if line.strip()][:2]) or type(e).__name__
+        raise ValueError(
+            f"weights {weights_path!r} do not match the architecture of "
+            f"{os.path.join(checkpoint_dir, CONFIG_FILENAME)!r} (operator={config.operator}, width={config.width}, "
+            f"depth={config.depth}, num_steps={config.num_steps}, variance={config.variance}, "
+            f"example_shape={list(config.example_shape)}): {detail}") from None
+    return model

@@ -1,0 +1,269 @@
+"""The evaluation command: `python eval/run.py --checkpoint DIR --estimator NAME` (console script `infusion-eval`).
+
+Estimators (Section 2.4, Section 4.1, Tables 1 and 2 of the paper):
+    lower_bound          Eq. 3, k chains per example (default 10)
+    importance_sampling  Eq. 2, logsumexp of k log-weights - log k (default k = 1000; the paper used 20 000)
+    isotropic            Eq. 2 with the last step's variance replaced by one variance for all pixels,
+                         chosen on the validation set (Table 2's isotropic row)
+    parzen               Parzen window on 10 000 samples, bandwidth chosen on the validation set (Table 1)
+    sample_quality       classifier-based Inception score and Frechet distance, nearest-neighbour figure
+Every estimator runs --repeats times with different chains (or samples) and reports the mean and the
+standard deviation over repeats, as Table 2 does. Before estimating, every step's batch-norm statistics
+are recomputed over the whole training set (Appendix A.1) unless --batch-norm moving. Test points get
+uniform dequantization noise of 1/256 (fixed by --seed), as the paper and Wu et al. (2016).
+Results go to `<checkpoint>/results_<estimator>.json` (or --output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["ESTIMATORS", "EvalSettings", "evaluate", "eval_parser", "main"]
+
+ESTIMATORS = ("lower_bound", "importance_sampling", "isotropic", "parzen", "sample_quality")
+_DEFAULT_K = {"lower_bound": 10, "importance_sampling": 1000, "isotropic": 1000}
+ISOTROPIC_VARIANCES = np.logspace(-4, 0, 33)  # grid of the isotropic output variance
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """Every setting of one evaluation; all of them are written into results.json."""
+
+    checkpoint: str
+    estimator: str = "lower_bound"
+    num_examples: int = 1000  # first N examples of the split (the paper: 1000 test examples)
+    k: int | None = None  # chains per example; None: 10 (lower_bound) or 1000 (importance sampling)
+    repeats: int = 10  # Table 2 reports mean +- std over 10 repetitions
+    seed: int = 0
+    split: str = "test"
+    weights: str | None = None  # best | last | a path; None: best if present, else last
+    batch_norm: str = "recompute"  # recompute over the training set (the paper) | moving (training's averages)
+    dequantize: bool = True
+    validation_examples: int = 1000  # for choosing the isotropic variance and the Parzen bandwidth
+    num_samples: int = 10_000  # Parzen and sample quality: samples drawn from the model
+    rows_per_call: int = 2048  # chains scored per call: bounds memory whatever k
+    data_dir: str | None = None
+    output: str | None = None
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {list(ESTIMATORS)}")
+        if self.split not in ("test", "train", "validation"):
+            raise ValueError(f"split must be test, train or validation, got {self.split!r}")
+        if self.batch_norm not in ("recompute", "moving"):
+            raise ValueError(f"batch_norm must be recompute or moving, got {self.batch_norm!r}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"k (chains per example) must be >= 1, got {self.k}")
+        for name in ("num_examples", "repeats", "validation_examples", "num_samples", "rows_per_call"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def chains(self) -> int:
+        return self.k if self.k is not None else _DEFAULT_K.get(self.estimator, 1)
+
+
+def _points(model, array: np.ndarray, settings: EvalSettings, seed: int) -> np.ndarray:
+    """The first examples of a split as the model sees them, dequantized with a fixed seed. float32 [n, ...]"""
+    from infusion_tf import data
+
+    dataset = data.make_eval_dataset(array, 1000, seed=seed, dequantize=settings.dequantize)
+    return np.concatenate([np.asarray(batch) for batch in dataset], axis=0)
+
+
+def _summary(values: list[float]) -> dict:
+    values = np.asarray(values, np.float64)
+    return {"mean_nats": float(values.mean()), "std_nats": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "repeats_nats": [float(v) for v in values]}
+
+
+def _chain_estimate(model, x, settings: EvalSettings, x_validation=None) -> dict:
+    """lower_bound, importance_sampling and isotropic: repeats of k chains per example."""
+    from infusion_tf import estimators
+
+    scorer = estimators.ChainScorer.from_model(model)
+    result = {}
+    variances = ()
+    if settings.estimator == "isotropic":
+        variance, table = _choose_isotropic_variance(scorer, x_validation, settings)
+        variances = (variance,)
+        result["isotropic_variance"] = variance
+        result["validation_by_variance"] = table
+    is_values, lb_values, per_example, per_step = [], [], [], []
+    for r in range(settings.repeats):
+        print(f"repeat {r + 1}/{settings.repeats}: {settings.chains} chains x {len(x)} examples")
+        stats = estimators.score_chains(scorer, x, settings.chains, settings.seed * 1000 + r,
+                                        rows_per_call=settings.rows_per_call, isotropic_variances=variances,
+                                        progress=True)
+        lb_values.append(float(stats.lower_bound().mean()))
+        per_step.append(stats.per_step())
+        if settings.estimator == "isotropic":
+            values = stats.isotropic_log_sum_exp[0] - math.log(stats.num_chains)
+        elif settings.estimator == "importance_sampling":
+            values = stats.importance_sampling()
+        else:
+            values = stats.lower_bound()
+        is_values.append(float(values.mean()))
+        per_example.append(values)
+    result.update(_summary(is_values))
+    per_example = np.mean(per_example, axis=0)
+    result["standard_error_nats"] = float(per_example.std(ddof=1) / math.sqrt(len(per_example)))
+    result["per_step"] = [float(v) for v in np.mean(per_step, axis=0)]
+    result["lower_bound_same_chains"] = _summary(lb_values)
+    return result
+
+
+def _choose_isotropic_variance(scorer, x_validation, settings: EvalSettings) -> tuple[float, dict]:
+    """The isotropic variance with the best validation IS estimate, from one set of chains for the whole grid."""
+    from infusion_tf import estimators
+
+    k = min(settings.chains, 100)
+    print(f"choosing the isotropic variance on {len(x_validation)} validation examples, {k} chains each")
+    stats = estimators.score_chains(scorer, x_validation, k, settings.seed + 7919, rows_per_call=settings.rows_per_call,
+                                    isotropic_variances=ISOTROPIC_VARIANCES, progress=True)
+    values = (stats.isotropic_log_sum_exp - math.log(k)).mean(axis=1)  # [G]
+    best = int(np.argmax(values))
+    return float(ISOTROPIC_VARIANCES[best]), {f"{v:.6g}": float(m) for v, m in zip(ISOTROPIC_VARIANCES, values)}
+
+
+def _model_samples(model, settings: EvalSettings, seed: int) -> np.ndarray:
+    """num_samples samples (means of the last of config.sampling_steps steps), drawn in batches of 1000."""
+    batches = []
+    for i, start in enumerate(range(0, settings.num_samples, 1000)):
+        n = min(1000, settings.num_samples - start)
+        batches.append(np.asarray(model.sample(n, seed=seed * 100_003 + i)))
+    return np.concatenate(batches, axis=0)
+
+
+def _parzen(model, x, x_validation, settings: EvalSettings) -> dict:
+    from infusion_tf import parzen
+
+    values, sigmas, result = [], [], {}
+    for r in range(settings.repeats):
+        print(f"repeat {r + 1}/{settings.repeats}: {settings.num_samples} samples")
+        samples = _model_samples(model, settings, settings.seed * 1000 + r)
+        estimate = parzen.parzen_estimate(samples, x_validation, x)
+        values.append(estimate.mean_nats)
+        sigmas.append(estimate.sigma)
+        result["standard_error_nats"] = estimate.standard_error
+    result.update(_summary(values))
+    result["sigma"] = [float(s) for s in sigmas]
+    return result
+
+
+def _sample_quality(model, x, train_array, settings: EvalSettings, folder: str) -> dict:
+    from infusion_tf import quality
+
+    classifier = quality.load_classifier(model.config.dataset)
+    scores, distances = [], []
+    for r in range(settings.repeats):
+        samples = _model_samples(model, settings, settings.seed * 1000 + r)
+        scores.append(quality.classifier_inception_score(classifier, samples)[0])
+        distances.append(quality.classifier_frechet_distance(classifier, samples, x))
+        if r == 0:
+            figure = os.path.join(folder, "nearest_neighbours.png")
+            train = train_array.astype(np.float32) / 255.0 if train_array.dtype == np.uint8 else train_array
+            quality.save_nearest_neighbour_figure(figure, samples[:10], train)
+    test_score = quality.classifier_inception_score(classifier, x)[0]
+    return {"inception_score": _summary(scores), "frechet_distance": _summary(distances),
+            "test_images_inception_score": float(test_score), "nearest_neighbour_figure": figure,
+            "mean_nats": None, "std_nats": None}
+
+
+def evaluate(settings: EvalSettings) -> dict:
+    """Runs one estimator on a checkpoint; writes and returns the results (see the module docstring)."""
+    from infusion_tf import data, estimators
+    from infusion_tf.checkpoint import load_checkpoint
+
+    started = time.time()
+    model = load_checkpoint(settings.checkpoint, settings.weights)
+    config = model.config
+    splits = data.load_splits(config.dataset, data_dir=settings.data_dir, seed=config.seed)
+    if tuple(splits.example_shape) != tuple(config.example_shape):
+        raise ValueError(f"dataset {config.dataset!r} has examples of shape {splits.example_shape}, the "
+                         f"checkpoint's model takes {config.example_shape}")
+    train = splits.train if config.train_examples is None else splits.train[:config.train_examples]
+    batch_norm = {"mode": settings.batch_norm}
+    if settings.batch_norm == "recompute":
+        t = time.time()
+        print(f"recomputing batch-norm statistics over {len(train)} training examples")
+        batch_norm.update(estimators.recompute_batch_norm_statistics(model, train, seed=settings.seed,
+                                                                      progress=True))
+        batch_norm["seconds"] = time.time() - t
+    array = getattr(splits, settings.split)[:settings.num_examples]
+    x = _points(model, array, settings, settings.seed)
+    x_validation = _points(model, splits.validation[:settings.validation_examples], settings, settings.seed + 1)
+    folder = settings.output and os.path.dirname(os.path.abspath(settings.output)) or settings.checkpoint
+    if settings.estimator == "parzen":
+        result = _parzen(model, x, x_validation, settings)
+    elif settings.estimator == "sample_quality":
+        result = _sample_quality(model, x, train, settings, folder)
+    else:
+        result = _chain_estimate(model, x, settings, x_validation)
+    result = {"estimator": settings.estimator, **result}
+    if result.get("mean_nats") is not None:
+        quantized = config.dequantize or len(config.example_shape) == 3
+        result["bits_per_dim"] = estimators.bits_per_dim(result["mean_nats"], config.num_dims, quantized)
+    result["batch_norm"] = batch_norm
+    result["settings"] = {**dataclasses.asdict(settings), "chains": settings.chains, "config": config.to_dict()}
+    result["wall_seconds"] = time.time() - started
+    output = settings.output or os.path.join(settings.checkpoint, f"results_{settings.estimator}.json")
+    tmp = output + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, output)
+    result["output"] = output
+    return result
+
+
+def _print_table(result: dict) -> None:
+    rows = [("estimator", result["estimator"])]
+    if result.get("mean_nats") is not None:
+        rows += [("log p(x), nats", f"{result['mean_nats']:.2f} +- {result['std_nats']:.2f} (std over repeats)"),
+                 ("standard error over examples", f"{result.get('standard_error_nats', float('nan')):.2f}"),
+                 ("bits per dim", f"{result['bits_per_dim']:.4f}")]
+    for key in ("isotropic_variance", "sigma"):
+        if key in result:
+            rows.append((key, str(result[key])))
+    for key in ("inception_score", "frechet_distance"):
+        if key in result:
+            rows.append((key, f"{result[key]['mean_nats']:.3f} +- {result[key]['std_nats']:.3f}"))
+    rows += [("wall seconds", f"{result['wall_seconds']:.1f}"), ("written to", result["output"])]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eval/run.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="run folder (config.json + weights)")
+    parser.add_argument("--estimator", default="lower_bound", help=f"one of {', '.join(ESTIMATORS)}")
+    for field in dataclasses.fields(EvalSettings):
+        if field.name in ("checkpoint", "estimator"):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            kind = int if "int" in str(field.type) else str
+            parser.add_argument(flag, type=kind, default=field.default)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = eval_parser().parse_args(argv)
+    try:
+        result = evaluate(EvalSettings(**vars(args)))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _print_table(result)
+    return 0
