@@ -62,7 +62,7 @@ def config_from_flags(args: argparse.Namespace, example_shape: tuple[int, ...] |
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train/run.py", description="Infusion training (Bordes, Honari & Vincent, ICLR 2017).")
-    parser.add_argument("--dataset", default="mnist",
+    parser.add_argument("--dataset", default=None,
                         help="(default mnist) mnist, fashion_mnist (local IDX files), mixture_of_gaussians, banana (2-D toys), "
                              "or any TFDS image dataset such as cifar10 (needs internet the first time)")
     parser.add_argument("--data-dir", default=None,
@@ -92,6 +92,8 @@ def _resume_config(args: argparse.Namespace, output_dir: str) -> InfusionConfig:
 def train_main(argv: list[str] | None = None) -> int:
     """Entry point of `python train/run.py`; returns the exit status."""
     args = train_parser().parse_args(argv)
+    dataset_given = args.dataset is not None
+    args.dataset = args.dataset or "mnist"
     output_dir = args.output_dir or f"runs/{args.dataset}"
     try:
         from infusion_tf import data as data_lib
@@ -99,6 +101,9 @@ def train_main(argv: list[str] | None = None) -> int:
 
         if args.resume:
             config = _resume_config(args, output_dir)
+            if dataset_given and args.dataset != config.dataset:
+                raise ValueError(f"--resume: the run in {output_dir!r} trains on {config.dataset!r}, "
+                                 f"not --dataset {args.dataset!r}")
         else:
             config = config_from_flags(args)  # fails fast on bad flags, before any data is read
         if not args.resume and args.dataset not in config_lib.PRESETS:
@@ -107,7 +112,7 @@ def train_main(argv: list[str] | None = None) -> int:
             config = config_from_flags(args, shape)
         training.train(config, output_dir, data_dir=args.data_dir, resume=args.resume,
                        overwrite=args.overwrite, verbose=args.verbose)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:  # OSError: FileNotFoundError, unwritable folders
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

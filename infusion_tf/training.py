@@ -58,8 +58,10 @@ class RunPaths:
 
 
 def check_output_dir(output_dir: str, config: InfusionConfig, *, resume: bool, overwrite: bool) -> None:
-    """Refuses a folder that holds another run (unless `overwrite`) and, with `resume`, a config that is not
-    the run's own (only `epochs` may change). Writes nothing."""
+    """Refuses a path that is not a folder, a folder that holds another run (unless `overwrite`) and, with
+    `resume`, a config that is not the run's own (only `epochs` may change). Writes nothing."""
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output folder {output_dir!r} exists and is not a folder")
     if resume:
         if not os.path.isdir(output_dir):
             raise FileNotFoundError(f"--resume: run folder {output_dir!r} does not exist")
@@ -224,6 +226,8 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
     splits = load_training_data(config, data_dir)  # bad data fail here, before the folder is created
     if not resume:
         create_output_dir(output_dir, config, overwrite=overwrite)
+    else:
+        save_config(config, output_dir)  # a resumed run may extend --epochs
     paths = RunPaths(output_dir)
     train_ds_probe, steps_per_epoch = data_lib.make_train_dataset(
         splits.train, config.batch_size, seed=config.seed, dequantize=config.dequantize, epochs=1)

@@ -213,7 +213,8 @@ def test_infusion_chain_terms_match_hand_recomputation():
     prior_variance = rng.uniform(0.01, 0.1, (3, 3, 1)).astype(np.float32)
     op = SpyOperator(num_steps)
     terms = chains.infusion_chain(op, x, prior_mean, prior_variance, tf.constant(alpha), delta, _seed(11))
-    assert [tuple(t.shape) for t in terms] == [(num_steps, 6)] * 3
+    assert [tuple(t.shape) for t in terms[:3]] == [(num_steps, 6)] * 3
+    assert tuple(terms.final_squared_error.shape) == (6,)
     # The operator is called once per transition p(1) .. p(T), with steps 0 .. T-1 and z~(0) .. z~(T-1).
     assert [step for _, step in op.calls] == list(range(num_steps))
     z_tilde = [z for z, _ in op.calls]
@@ -236,6 +237,8 @@ def test_infusion_chain_terms_match_hand_recomputation():
     np.testing.assert_allclose(terms.log_p_target, np.array(log_p_target), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(terms.log_p_chain, np.array(log_p_chain), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(terms.log_q_chain, np.array(log_q_chain), rtol=1e-4, atol=1e-3)
+    # m_next is now the mean of p(T)(. | z~(T-1)): the squared error the isotropic variant rescoring uses.
+    np.testing.assert_allclose(terms.final_squared_error, total((x - m_next) ** 2), rtol=1e-4, atol=1e-5)
 
 
 def test_infusion_chain_alpha_zero_gives_q_equal_p():
@@ -292,7 +295,7 @@ def test_lower_bound_terms_sum_is_log_p_minus_log_q():
     terms = chains.ChainTerms(*(tf.constant(rng.normal(0, 10, (num_steps, batch)), tf.float32) for _ in range(3)))
     result = chains.lower_bound_terms(terms).numpy()
     assert result.shape == (num_steps + 1, batch)
-    p_target, p_chain, q_chain = (t.numpy().astype(np.float64) for t in terms)
+    p_target, p_chain, q_chain = (t.numpy().astype(np.float64) for t in terms[:3])
     # Eq. 3: log p(z~, x) = log p(0)(z~0) + sum_{t=1}^{T-1} log p(t)(z~t | .) + log p(T)(x | z~(T-1)).
     log_p_joint = p_chain.sum(0) + p_target[-1]
     log_q = q_chain.sum(0)

@@ -1,0 +1,359 @@
+"""End-to-end tests of the training command `python train/run.py`, run as a subprocess on real MNIST slices.
+
+Each run trains a tiny model (width 32, depth 1, T = 3) on the first 300 training and 100 validation images
+of the MNIST files bundled with the package, so a run takes a few seconds; the run folder it writes is then
+checked file by file, and its SavedModel is called in a fresh process that cannot import infusion_tf.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import hashlib
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+TRAIN_EXAMPLES, BATCH_SIZE, SAMPLING_STEPS = 300, 50, 4
+STEPS_PER_EPOCH = TRAIN_EXAMPLES // BATCH_SIZE  # 300 = 6 * 50: no partial batch
+TINY = {"width": 32, "depth": 1, "num_steps": 3, "sampling_steps": SAMPLING_STEPS, "batch_size": BATCH_SIZE,
+        "train_examples": TRAIN_EXAMPLES, "validation_examples": 100, "sample_every": 1}
+TINY_FLAGS = [arg for name, value in TINY.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+LOG_COLUMNS = ("loss", "lower_bound", "val_loss", "val_lower_bound")
+
+
+def run_train(*args) -> subprocess.CompletedProcess:
+    """`python train/run.py ARGS --verbose 0` from the repository root; stdout and stderr captured."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "train/run.py", *map(str, args), "--verbose", "0"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "done:" in result.stdout
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit status 2 and exactly one `error: ...` line on stderr naming every word; returns that line."""
+    report = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 2, report
+    assert "Traceback" not in result.stderr, report
+    assert "done:" not in result.stdout, report
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, report
+    for word in words:
+        assert word in errors[0], f"{word!r} not in {errors[0]!r}"
+    return errors[0]
+
+
+def read_log(run: pathlib.Path) -> list[dict[str, float]]:
+    with open(run / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        assert set(LOG_COLUMNS) <= set(row), f"log.csv columns {sorted(row)}"
+    return [{key: float(value) for key, value in row.items()} for row in rows]
+
+
+def read_state(run: pathlib.Path) -> dict:
+    with open(run / "checkpoints" / "state.json") as f:
+        return json.load(f)
+
+
+def snapshot(folder: pathlib.Path) -> dict[str, tuple[str, int]]:
+    """relative path -> (md5, mtime_ns) of every file under folder."""
+    return {str(p.relative_to(folder)): (hashlib.md5(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def decode_png(path: pathlib.Path) -> np.ndarray:
+    import tensorflow as tf
+
+    return tf.io.decode_png(tf.io.read_file(str(path))).numpy()
+
+
+def grid_size(rows: int, cols: int, side: int = 28, padding: int = 1, scale: int = 2) -> tuple[int, int]:
+    """Pixel size of visualize.image_grid(rows, cols) saved by visualize.save_png (upscaled by 2)."""
+    return ((rows * (side + padding) + padding) * scale, (cols * (side + padding) + padding) * scale)
+
+
+_CALL_SAVED_MODEL = """
+import json, sys
+sys.modules["infusion_tf"] = None  # the SavedModel must load without this project installed
+import numpy as np, tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+out = model.sample(num_samples=int(sys.argv[2]), num_steps=int(sys.argv[3]), seed=0)["images"].numpy()
+print(json.dumps({"shape": list(out.shape), "finite": bool(np.isfinite(out).all()),
+                  "min": float(out.min()), "max": float(out.max())}))
+"""
+
+
+def call_saved_model(path: pathlib.Path, num_samples: int, num_steps: int) -> dict:
+    """Calls `sample` of the SavedModel at `path` in a fresh Python process; its output's shape and range."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-c", _CALL_SAVED_MODEL, str(path), str(num_samples), str(num_steps)],
+                            cwd=path.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def tensorboard_scalars(folder: pathlib.Path) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} of every scalar in the event files of one TensorBoard folder."""
+    import tensorflow as tf
+
+    files = sorted(folder.glob("events.out.tfevents.*"))
+    assert files, f"no event files in {folder}"
+    scalars: dict[str, dict[int, float]] = {}
+    for path in files:
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
+                scalars.setdefault(value.tag, {})[int(event.step)] = number
+    return scalars
+
+
+def copy_run(source: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    target = tmp_path / "run"
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory) -> pathlib.Path:
+    """A finished 2-epoch tiny MNIST run; tests that change it work on a copy."""
+    run = tmp_path_factory.mktemp("train_command") / "mnist"
+    assert_ok(run_train(*TINY_FLAGS, "--epochs", 2, "--output-dir", run))
+    return run
+
+
+# --- 1. what a run writes
+
+
+def test_config_json_round_trips_with_flags_applied(mnist_run):
+    from infusion_tf.config import PRESETS, load_config
+
+    config = load_config(str(mnist_run))
+    assert config == dataclasses.replace(PRESETS["mnist"], epochs=2, **TINY)
+    with open(mnist_run / "config.json") as f:
+        assert json.load(f) == config.to_dict()
+
+
+def test_checkpoints_and_state(mnist_run):
+    checkpoints = mnist_run / "checkpoints"
+    for name in ("last.keras", "last.weights.h5", "best.weights.h5", "state.json"):
+        assert (checkpoints / name).is_file() and (checkpoints / name).stat().st_size > 0, name
+    assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".tmp")], "temporary files left"
+    state = read_state(mnist_run)
+    assert state["epoch"] == 2
+    # best.weights.h5 is the epoch with the best validation lower bound of log.csv.
+    val = [row["val_lower_bound"] for row in read_log(mnist_run)]
+    assert state["best_epoch"] == int(np.argmax(val)) + 1
+    assert state["best_val_lower_bound"] == pytest.approx(max(val), rel=1e-6)
+
+
+def test_log_csv_has_one_finite_row_per_epoch(mnist_run):
+    rows = read_log(mnist_run)
+    assert [int(row["epoch"]) for row in rows] == [0, 1]
+    for row in rows:
+        assert all(math.isfinite(row[key]) for key in LOG_COLUMNS), row
+
+
+def test_tensorboard_logs_train_and_validation(mnist_run):
+    rows = read_log(mnist_run)
+    train = tensorboard_scalars(mnist_run / "tensorboard" / "train")
+    validation = tensorboard_scalars(mnist_run / "tensorboard" / "validation")
+    for key in ("loss", "lower_bound"):
+        assert train[f"epoch_{key}"] == pytest.approx({e: row[key] for e, row in enumerate(rows)}, rel=1e-5)
+        assert validation[f"epoch_{key}"] == pytest.approx(
+            {e: row[f"val_{key}"] for e, row in enumerate(rows)}, rel=1e-5)
+
+
+def test_sample_and_chain_pictures(mnist_run):
+    samples = decode_png(mnist_run / "samples" / "samples.png")
+    assert samples.shape == (*grid_size(10, 10), 1)  # 100 samples in 10 rows of 10
+    chains = decode_png(mnist_run / "samples" / "chains.png")
+    assert chains.shape == (*grid_size(10, SAMPLING_STEPS + 1), 1)  # 10 chains, z(0) .. z(4)
+    assert samples.std() > 0 and chains.std() > 0
+    for epoch in (1, 2):  # --sample-every 1
+        assert (mnist_run / "samples" / f"samples_epoch{epoch:04d}.png").is_file()
+    # samples.png is a copy of the last epoch's picture.
+    assert (mnist_run / "samples" / "samples.png").read_bytes() == \
+        (mnist_run / "samples" / "samples_epoch0002.png").read_bytes()
+
+
+def test_saved_model_samples_in_a_fresh_process(mnist_run):
+    out = call_saved_model(mnist_run / "saved_model", num_samples=5, num_steps=SAMPLING_STEPS)
+    assert out["shape"] == [5, 28, 28, 1]
+    assert out["finite"] and 0.0 <= out["min"] <= out["max"] <= 1.0
+
+
+# --- 2. resumption
+
+
+def test_resume_continues_at_the_next_epoch(mnist_run, tmp_path):
+    import keras
+
+    from infusion_tf.config import load_config
+    from infusion_tf.model import InfusionModel  # noqa: F401 -- registers the class for load_model
+
+    run = copy_run(mnist_run, tmp_path)
+    before_config, before_rows = load_config(str(run)), read_log(run)
+    assert_ok(run_train("--resume", "--epochs", 3, "--output-dir", run))
+
+    rows = read_log(run)
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    assert rows[:2] == before_rows  # appended, not rewritten
+    assert all(math.isfinite(rows[2][key]) for key in LOG_COLUMNS)
+    assert read_state(run)["epoch"] == 3
+    assert (run / "samples" / "samples_epoch0003.png").is_file()
+    # The config is the run's own (epochs may be recorded as the new target or kept).
+    after_config = load_config(str(run))
+    assert dataclasses.replace(after_config, epochs=before_config.epochs) == before_config
+    model = keras.models.load_model(str(run / "checkpoints" / "last.keras"))
+    assert int(model.optimizer.iterations.numpy()) == 3 * STEPS_PER_EPOCH
+    assert dataclasses.replace(model.config, epochs=before_config.epochs) == before_config
+
+    # Resuming replays the batches and random state of an uninterrupted 3-epoch run.
+    straight = tmp_path / "straight"
+    assert_ok(run_train(*TINY_FLAGS, "--epochs", 3, "--output-dir", straight))
+    for resumed_row, straight_row in zip(rows, read_log(straight)):
+        assert resumed_row == pytest.approx(straight_row, rel=1e-4)
+
+
+def test_resume_with_a_conflicting_flag_is_refused(mnist_run, tmp_path):
+    run = copy_run(mnist_run, tmp_path)
+    before = snapshot(run)
+    result = run_train("--resume", "--epochs", 3, "--width", 64, "--output-dir", run)
+    assert_usage_error(result, "width")
+    assert snapshot(run) == before
+
+
+# --- 3. bad inputs: exit 2, one line, nothing written
+
+
+def _copy_mnist(tmp_path: pathlib.Path) -> pathlib.Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in MNIST_FILES:
+        shutil.copyfile(MNIST_DIR / name, folder / name)
+    return folder
+
+
+def _truncated_file(tmp_path):
+    folder = _copy_mnist(tmp_path)
+    path = folder / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:100_000])  # the gzip stream ends early
+    return folder
+
+
+def _bad_magic(tmp_path):
+    folder = _copy_mnist(tmp_path)
+    path = folder / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x05" + raw[4:], compresslevel=1))  # magic 2053 instead of 2051
+    return folder
+
+
+def _truncated_payload(tmp_path):
+    folder = _copy_mnist(tmp_path)
+    path = folder / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[:-784], compresslevel=1))  # a valid gzip of one image too few
+    return folder
+
+
+BAD_INPUTS = {
+    # name: (flags given tmp_path, words the error line must hold)
+    "unknown_dataset": (lambda tmp: ["--dataset", "no_such_dataset"], ["no_such_dataset"]),
+    # T = 15 (the preset): alpha(6) = 0.95 + 6 * 0.01 > 1.
+    "alpha_out_of_range": (lambda tmp: ["--alpha0", "0.95", "--num-steps", "15"], ["alpha", "[0, 1]"]),
+    "batch_size_zero": (lambda tmp: ["--batch-size", "0"], ["batch_size"]),
+    "missing_data_dir": (lambda tmp: ["--data-dir", str(tmp / "no_such_folder")], ["no_such_folder"]),
+    "truncated_idx_file": (lambda tmp: ["--data-dir", str(_truncated_file(tmp))], ["train-images-idx3-ubyte"]),
+    "idx_magic_number": (lambda tmp: ["--data-dir", str(_bad_magic(tmp))], ["train-images-idx3-ubyte", "magic"]),
+    "truncated_idx_payload": (lambda tmp: ["--data-dir", str(_truncated_payload(tmp))],
+                              ["train-images-idx3-ubyte", "truncated"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path):
+    flags, words = BAD_INPUTS[case]
+    output = tmp_path / "run"
+    # TINY first so that the case's flags override it (argparse keeps the last value).
+    result = run_train(*TINY_FLAGS, "--epochs", 1, *flags(tmp_path), "--output-dir", output)
+    assert_usage_error(result, *words)
+    assert not output.exists()
+
+
+def test_existing_run_folder_is_not_touched_without_resume_or_overwrite(mnist_run, tmp_path):
+    run = copy_run(mnist_run, tmp_path)
+    before = snapshot(run)
+    result = run_train(*TINY_FLAGS, "--epochs", 1, "--output-dir", run)
+    assert_usage_error(result, str(run), "--resume", "--overwrite")
+    assert snapshot(run) == before
+
+
+def test_output_path_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "run"
+    path.write_text("not a folder\n")
+    assert_usage_error(run_train(*TINY_FLAGS, "--epochs", 1, "--output-dir", path), str(path))
+    assert path.read_text() == "not a folder\n"
+
+
+def test_overwrite_replaces_the_folder(tmp_path):
+    output = tmp_path / "run"
+    (output / "checkpoints").mkdir(parents=True)
+    (output / "notes.txt").write_text("an older run\n")
+    (output / "checkpoints" / "state.json").write_text('{"epoch": 7}')
+    assert_ok(run_train(*TINY_FLAGS, "--epochs", 1, "--output-dir", output, "--overwrite"))
+    assert not (output / "notes.txt").exists()
+    assert read_state(output)["epoch"] == 1
+    assert [int(row["epoch"]) for row in read_log(output)] == [0]
+    assert (output / "saved_model" / "saved_model.pb").is_file()
+
+
+# --- 4. a 2-D toy density
+
+
+def test_banana_run_writes_a_scatter_plot_and_a_2d_saved_model(tmp_path):
+    run = tmp_path / "banana"
+    assert_ok(run_train("--dataset", "banana", "--epochs", 1, "--train-examples", 512, "--width", 32,
+                        "--validation-examples", 512, "--output-dir", run))
+    rows = read_log(run)
+    assert len(rows) == 1 and all(math.isfinite(rows[0][key]) for key in LOG_COLUMNS)
+    scatter = decode_png(run / "samples" / "samples.png")
+    # matplotlib figure of 4 x 4 inches at 100 dpi (visualize.save_scatter), in colour.
+    assert scatter.shape[:2] == (400, 400) and scatter.shape[2] in (3, 4)
+    assert len(np.unique(scatter.reshape(-1, scatter.shape[2]), axis=0)) > 2
+    out = call_saved_model(run / "saved_model", num_samples=7, num_steps=10)
+    assert out["shape"] == [7, 2]
+    assert out["finite"] and 0.0 <= out["min"] <= out["max"] <= 1.0
+
+
+# --- 5. the lower-bound objective (Section 2.4.1)
+
+
+def test_lower_bound_objective_trains_with_finite_values(tmp_path):
+    from infusion_tf.config import load_config
+
+    run = tmp_path / "lower_bound"
+    assert_ok(run_train(*TINY_FLAGS, "--epochs", 1, "--objective", "lower_bound", "--output-dir", run))
+    assert load_config(str(run)).objective == "lower_bound"
+    rows = read_log(run)
+    assert len(rows) == 1 and all(math.isfinite(rows[0][key]) for key in LOG_COLUMNS), rows
+    assert read_state(run)["epoch"] == 1
