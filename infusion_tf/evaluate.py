@@ -79,10 +79,11 @@ def _points(model, array: np.ndarray, settings: EvalSettings, seed: int) -> np.n
     return np.concatenate([np.asarray(batch) for batch in dataset], axis=0)
 
 
-def _summary(values: list[float]) -> dict:
+def _summary(values: list[float], unit: str = "_nats") -> dict:
+    """Mean, standard deviation over repeats and the repeats themselves; keys end with `unit`."""
     values = np.asarray(values, np.float64)
-    return {"mean_nats": float(values.mean()), "std_nats": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "repeats_nats": [float(v) for v in values]}
+    return {f"mean{unit}": float(values.mean()), f"std{unit}": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            f"repeats{unit}": [float(v) for v in values]}
 
 
 def _chain_estimate(model, x, settings: EvalSettings, x_validation=None) -> dict:
@@ -173,7 +174,7 @@ def _sample_quality(model, x, train_array, settings: EvalSettings, folder: str) 
             train = train_array.astype(np.float32) / 255.0 if train_array.dtype == np.uint8 else train_array
             quality.save_nearest_neighbour_figure(figure, samples[:10], train)
     test_score = quality.classifier_inception_score(classifier, x)[0]
-    return {"inception_score": _summary(scores), "frechet_distance": _summary(distances),
+    return {"inception_score": _summary(scores, ""), "frechet_distance": _summary(distances, ""),
             "test_images_inception_score": float(test_score), "nearest_neighbour_figure": figure,
             "mean_nats": None, "std_nats": None}
 
@@ -235,7 +236,7 @@ def _print_table(result: dict) -> None:
             rows.append((key, str(result[key])))
     for key in ("inception_score", "frechet_distance"):
         if key in result:
-            rows.append((key, f"{result[key]['mean_nats']:.3f} +- {result[key]['std_nats']:.3f}"))
+            rows.append((key, f"{result[key]['mean']:.3f} +- {result[key]['std']:.3f}"))
     rows += [("wall seconds", f"{result['wall_seconds']:.1f}"), ("written to", result["output"])]
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
