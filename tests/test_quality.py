@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from infusion_tf import data, quality
 
-FASHION_DIR = Path("/work/shared/data/fashion_mnist")
+FASHION_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist"  # ../shared beside the repo
 # Label counts by class from /work/shared/data/README.md (train = our train + validation).
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
