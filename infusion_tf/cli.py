@@ -49,11 +49,16 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=field.name, type=base, default=None, help=text)
 
 
+def _given_flags(args: argparse.Namespace) -> dict:
+    """The InfusionConfig fields set on the command line (the others are None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(InfusionConfig)
+            if f.name not in _NOT_FLAGS and getattr(args, f.name, None) is not None}
+
+
 def config_from_flags(args: argparse.Namespace, example_shape: tuple[int, ...] | None = None) -> InfusionConfig:
     """The preset of args.dataset with every flag that was given applied (and the data's example shape)."""
     base = config_lib.preset(args.dataset)
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(InfusionConfig)
-                 if f.name not in _NOT_FLAGS and getattr(args, f.name, None) is not None}
+    overrides = _given_flags(args)
     if example_shape is not None:
         overrides["example_shape"] = tuple(example_shape)
     return dataclasses.replace(base, **overrides)
@@ -80,8 +85,7 @@ def train_parser() -> argparse.ArgumentParser:
 def _resume_config(args: argparse.Namespace, output_dir: str) -> InfusionConfig:
     """The saved config of the run in output_dir, with --epochs applied; other flags must agree with it."""
     saved = config_lib.load_config(output_dir)
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(InfusionConfig)
-             if f.name not in _NOT_FLAGS and getattr(args, f.name, None) is not None}
+    given = _given_flags(args)
     conflicts = sorted(k for k, v in given.items() if k != "epochs" and getattr(saved, k) != v)
     if conflicts:
         raise ValueError(f"--resume continues {output_dir!r} with its saved config.json; only --epochs may "

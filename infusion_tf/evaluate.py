@@ -71,7 +71,7 @@ class EvalSettings:
         return self.k if self.k is not None else _DEFAULT_K.get(self.estimator, 1)
 
 
-def _points(model, array: np.ndarray, settings: EvalSettings, seed: int) -> np.ndarray:
+def _points(array: np.ndarray, settings: EvalSettings, seed: int) -> np.ndarray:
     """The first examples of a split as the model sees them, dequantized with a fixed seed. float32 [n, ...]"""
     from infusion_tf import data
 
@@ -200,8 +200,8 @@ def evaluate(settings: EvalSettings) -> dict:
                                                                       progress=True))
         batch_norm["seconds"] = time.time() - t
     array = getattr(splits, settings.split)[:settings.num_examples]
-    x = _points(model, array, settings, settings.seed)
-    x_validation = _points(model, splits.validation[:settings.validation_examples], settings, settings.seed + 1)
+    x = _points(array, settings, settings.seed)
+    x_validation = _points(splits.validation[:settings.validation_examples], settings, settings.seed + 1)
     folder = settings.output and os.path.dirname(os.path.abspath(settings.output)) or settings.checkpoint
     if settings.estimator == "parzen":
         result = _parzen(model, x, x_validation, settings)

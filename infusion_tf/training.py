@@ -229,9 +229,8 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
     else:
         save_config(config, output_dir)  # a resumed run may extend --epochs
     paths = RunPaths(output_dir)
-    train_ds_probe, steps_per_epoch = data_lib.make_train_dataset(
-        splits.train, config.batch_size, seed=config.seed, dequantize=config.dequantize, epochs=1)
-    del train_ds_probe
+    # make_train_dataset drops the last partial batch; it also rejects a set smaller than one batch.
+    steps_per_epoch = max(1, len(splits.train) // config.batch_size)
     resumed = _resume_model(paths, config, steps_per_epoch) if resume else None
     if resumed is None:
         model, initial_epoch, best, best_epoch = build_model(config, splits.train), 0, -math.inf, -1
