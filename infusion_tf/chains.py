@@ -18,7 +18,8 @@ import tensorflow_probability as tfp
 
 __all__ = [
     "prior_parameters", "gaussian_log_prob", "prior_log_prob", "sample_prior", "infusion_sample",
-    "infusion_log_prob", "ChainTerms", "infusion_chain", "lower_bound_terms", "sampling_chain",
+    "infusion_log_prob", "ChainTerms", "infusion_chain", "infusion_trajectory", "score_infusion_chain",
+    "lower_bound_terms", "sampling_chain",
 ]
 
 tfd = tfp.distributions
@@ -36,9 +37,9 @@ def prior_parameters(mean: np.ndarray, variance: np.ndarray, variance_floor: flo
             np.maximum(np.asarray(variance, np.float64), variance_floor).astype(np.float32))
 
 
-def _sum_dims(values: tf.Tensor) -> tf.Tensor:
-    """[B, ...] -> [B]: the log-density of a factorial distribution is the sum over dimensions."""
-    return tf.reduce_sum(tf.reshape(values, [tf.shape(values)[0], -1]), axis=1)
+def _sum_dims(values: tf.Tensor, batch_dims: int = 1) -> tf.Tensor:
+    """[B, ...] -> [B] (or [T, B, ...] -> [T, B] with batch_dims=2): a factorial density sums over dimensions."""
+    return tf.reduce_sum(values, axis=list(range(batch_dims, len(values.shape))))
 
 
 def gaussian_log_prob(z: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor) -> tf.Tensor:
@@ -73,13 +74,20 @@ def infusion_sample(x, p_mean, p_variance, alpha_t, delta_variance: float, seed:
 def infusion_log_prob(z, x, p_mean, p_variance, alpha_t, delta_variance: float) -> tf.Tensor:
     """log q(t)(z | z~(t-1), x) = sum_i log[(1 - alpha) p_i(t)(z_i) + alpha N(z_i; x_i, delta)] (Sec. 2.3.1).
 
-    The per-pixel mixture is a log-sum-exp of its two components; alpha = 0 or 1 leaves one of them.
     For t = 0, p_mean and p_variance are the prior's. Returns: [B].
     """
+    return _sum_dims(_infusion_log_prob_dims(gaussian_log_prob(z, p_mean, p_variance), z, x, alpha_t, delta_variance))
+
+
+def _infusion_log_prob_dims(log_p_dims, z, x, alpha_t, delta_variance: float) -> tf.Tensor:
+    """Per-dimension log q(t)(z_i | ., x) given log p_i(t)(z_i): a log-sum-exp of the mixture's two components.
+
+    alpha_t broadcasts against z (a scalar, or [T, 1, ...]); alpha = 0 or 1 leaves one component.
+    """
     alpha_t = tf.cast(alpha_t, tf.float32)
-    log_from_p = tf.math.log1p(-alpha_t) + gaussian_log_prob(z, p_mean, p_variance)
+    log_from_p = tf.math.log1p(-alpha_t) + log_p_dims
     log_from_x = tf.math.log(alpha_t) + gaussian_log_prob(z, x, delta_variance)
-    return _sum_dims(tf.reduce_logsumexp(tf.stack([log_from_p, log_from_x]), axis=0))
+    return tf.reduce_logsumexp(tf.stack([log_from_p, log_from_x]), axis=0)
 
 
 class ChainTerms(NamedTuple):
@@ -116,8 +124,9 @@ def infusion_chain(operator: Operator, x, prior_mean, prior_variance, alpha, del
     num_steps = int(alpha.shape[0])
     z = infusion_sample(x, prior_mean, prior_variance, alpha[0], delta_variance, _step_seed(seed, 0))
     z = tf.stop_gradient(z) if stop_gradient else z
-    log_p_chain = [prior_log_prob(z, prior_mean, prior_variance)]
-    log_q_chain = [infusion_log_prob(z, x, prior_mean, prior_variance, alpha[0], delta_variance)]
+    log_p_dims = gaussian_log_prob(z, prior_mean, prior_variance)  # [B, ...]: p(0) per dimension
+    log_p_chain = [_sum_dims(log_p_dims)]
+    log_q_chain = [_sum_dims(_infusion_log_prob_dims(log_p_dims, z, x, alpha[0], delta_variance))]
     log_p_target = []
     for t in range(1, num_steps + 1):
         mean, variance = operator(z, step=t - 1, use_batch_statistics=use_batch_statistics,
@@ -128,9 +137,55 @@ def infusion_chain(operator: Operator, x, prior_mean, prior_variance, alpha, del
             break
         z = infusion_sample(x, mean, variance, alpha[t], delta_variance, _step_seed(seed, t))
         z = tf.stop_gradient(z) if stop_gradient else z
-        log_p_chain.append(_sum_dims(gaussian_log_prob(z, mean, variance)))
-        log_q_chain.append(infusion_log_prob(z, x, mean, variance, alpha[t], delta_variance))
+        log_p_dims = gaussian_log_prob(z, mean, variance)
+        log_p_chain.append(_sum_dims(log_p_dims))
+        log_q_chain.append(_sum_dims(_infusion_log_prob_dims(log_p_dims, z, x, alpha[t], delta_variance)))
     return ChainTerms(tf.stack(log_p_target), tf.stack(log_p_chain), tf.stack(log_q_chain), final_squared_error)
+
+
+def infusion_trajectory(operator: Operator, x, prior_mean, prior_variance, alpha, delta_variance: float,
+                        seed: tf.Tensor, *, use_batch_statistics: bool = True) -> tf.Tensor:
+    """Draws the infusion chain z~(0) .. z~(T-1) ~ q(z~ | x) without scoring it (Section 2.3.1).
+
+    The first of the denoising training step's two passes: the draws are the ones `infusion_chain` makes
+    with the same seed, and no gradient flows through them. `score_infusion_chain` then scores all steps
+    in one batch of T * B rows, whose matrix products run much closer to the machine's peak than T
+    products of B rows (docs/performance.md).
+    x: float32 [B, ...]. Returns: float32 [T, B, ...].
+    """
+    num_steps = int(alpha.shape[0])
+    z = infusion_sample(x, prior_mean, prior_variance, alpha[0], delta_variance, _step_seed(seed, 0))
+    draws = [z]
+    for t in range(1, num_steps):
+        mean, variance = operator(z, step=t - 1, use_batch_statistics=use_batch_statistics,
+                                  update_statistics=False)
+        z = infusion_sample(x, mean, variance, alpha[t], delta_variance, _step_seed(seed, t))
+        draws.append(z)
+    return tf.stop_gradient(tf.stack(draws))
+
+
+def score_infusion_chain(operator: Operator, x, z_tilde, prior_mean, prior_variance, alpha, delta_variance: float,
+                         *, use_batch_statistics: bool = True, update_statistics: bool = False) -> ChainTerms:
+    """Scores given infusion chains under p and q with one operator call for all T steps (Eq. 3's terms).
+
+    z_tilde: [T, B, ...], z~(t) for t = 0 .. T-1 (from `infusion_trajectory`); x: [B, ...]. The operator
+    runs with step=None on all of them at once: its row t is p(t+1)(. | z~(t)), normalized with step t's
+    batch statistics, exactly as `infusion_chain` computes it one step at a time.
+    Returns: ChainTerms, each [T, B], equal to `infusion_chain`'s for the same draws.
+    """
+    num_steps = int(z_tilde.shape[0])
+    mean, variance = operator(z_tilde, step=None, use_batch_statistics=use_batch_statistics,
+                              update_statistics=update_statistics)  # [T, B, ...]: p(t+1)(. | z~(t))
+    log_p_target = _sum_dims(gaussian_log_prob(x, mean, variance), batch_dims=2)
+    # The distribution each z~(t) was drawn from: p(0), then p(t)(. | z~(t-1)).
+    prior_shaped = tf.zeros_like(z_tilde[:1])
+    previous_mean = tf.concat([prior_shaped + prior_mean, mean[:-1]], axis=0)  # [T, B, ...]
+    previous_variance = tf.concat([prior_shaped + prior_variance, variance[:-1]], axis=0)
+    log_p_dims = gaussian_log_prob(z_tilde, previous_mean, previous_variance)
+    alpha_t = tf.reshape(tf.cast(alpha, tf.float32), [num_steps] + [1] * (len(z_tilde.shape) - 1))
+    log_q_dims = _infusion_log_prob_dims(log_p_dims, z_tilde, x, alpha_t, delta_variance)
+    return ChainTerms(log_p_target, _sum_dims(log_p_dims, batch_dims=2), _sum_dims(log_q_dims, batch_dims=2),
+                      _sum_dims(tf.square(x - mean[-1])))
 
 
 def lower_bound_terms(terms: ChainTerms) -> tf.Tensor:

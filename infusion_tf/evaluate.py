@@ -50,6 +50,7 @@ class EvalSettings:
     validation_examples: int = 1000  # for choosing the isotropic variance and the Parzen bandwidth
     num_samples: int = 10_000  # Parzen and sample quality: samples drawn from the model
     rows_per_call: int = 2048  # chains scored per call: bounds memory whatever k
+    precision: str = "float32"  # float32 | mixed_bfloat16 (bfloat16 matrix products, float32 densities)
     data_dir: str | None = None
     output: str | None = None
 
@@ -58,6 +59,8 @@ class EvalSettings:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {list(ESTIMATORS)}")
         if self.split not in ("test", "train", "validation"):
             raise ValueError(f"split must be test, train or validation, got {self.split!r}")
+        if self.precision not in ("float32", "mixed_bfloat16"):
+            raise ValueError(f"precision must be float32 or mixed_bfloat16, got {self.precision!r}")
         if self.batch_norm not in ("recompute", "moving"):
             raise ValueError(f"batch_norm must be recompute or moving, got {self.batch_norm!r}")
         if self.k is not None and self.k < 1:
@@ -185,7 +188,7 @@ def evaluate(settings: EvalSettings) -> dict:
     from infusion_tf.checkpoint import load_checkpoint
 
     started = time.time()
-    model = load_checkpoint(settings.checkpoint, settings.weights)
+    model = load_checkpoint(settings.checkpoint, settings.weights, settings.precision)
     config = model.config
     splits = data.load_splits(config.dataset, data_dir=settings.data_dir, seed=config.seed)
     if tuple(splits.example_shape) != tuple(config.example_shape):

@@ -116,9 +116,20 @@ class InfusionModel(keras.Model):
 
     def train_step(self, data):
         x = self._images(data)
+        seed = self._next_seed()
+        denoising = self.config.objective == "denoising"
+        if denoising:
+            # No gradient flows through the chain's draws (Section 2.3.2), so draw them first, outside the
+            # tape, and score all T steps in one batch: the same terms, with T times larger matrix products.
+            z_tilde = chains.infusion_trajectory(self.operator, x, self.prior_mean, self.prior_variance,
+                                                 self.alpha, self.config.delta_variance, seed)  # [T, B, ...]
         with tf.GradientTape() as tape:
-            terms = self.chain_terms(x, self._next_seed(), use_batch_statistics=True, update_statistics=True,
-                                     stop_gradient=self.config.objective == "denoising")
+            if denoising:
+                terms = chains.score_infusion_chain(self.operator, x, z_tilde, self.prior_mean, self.prior_variance,
+                                                    self.alpha, self.config.delta_variance, update_statistics=True)
+            else:
+                terms = self.chain_terms(x, seed, use_batch_statistics=True, update_statistics=True,
+                                         stop_gradient=False)
             per_example = self.objective(terms)  # [B]
             # Mean over the global batch: each replica holds 1 / num_replicas of it, and the optimizer
             # sums the replicas' gradients.

@@ -22,7 +22,9 @@ class StepBatchNormalization(keras.layers.Layer):
 
     call(x [..., C], step) normalizes with the batch statistics (`use_batch_statistics=True`, optionally
     updating step's moving averages) or with step's moving averages. `step` is a 0-based int or int32
-    tensor; steps >= num_steps use the last step's parameters.
+    tensor; steps >= num_steps use the last step's parameters. With `step=None`, x is [num_steps, B, ..., C]
+    and row t is step t: every step is normalized (and its statistics updated) in one call, which is how
+    the training step scores a whole infusion chain at once.
     """
 
     def __init__(self, num_steps: int, momentum: float = 0.9, epsilon: float = 1e-4, **kwargs):
@@ -47,6 +49,8 @@ class StepBatchNormalization(keras.layers.Layer):
                                                trainable=False, autocast=False, aggregation="mean")
 
     def call(self, x, step, use_batch_statistics=False, update_statistics=False):
+        if step is None:
+            return self._call_all_steps(x, use_batch_statistics, update_statistics)
         index = tf.minimum(tf.cast(step, tf.int32), self.num_steps - 1)
         x32 = tf.cast(x, tf.float32)
         axes = list(range(len(x.shape) - 1))
@@ -63,6 +67,30 @@ class StepBatchNormalization(keras.layers.Layer):
         gamma = tf.gather(self.gamma, index)
         beta = tf.gather(self.beta, index)
         y = tf.nn.batch_normalization(x32, mean, variance, beta, gamma, self.epsilon)
+        return tf.cast(y, x.dtype)
+
+    def _call_all_steps(self, x, use_batch_statistics, update_statistics):
+        """x: [num_steps, B, ..., C] -> the same shape, row t normalized as step t."""
+        if x.shape[0] != self.num_steps:
+            raise ValueError(f"with step=None the leading axis must hold the {self.num_steps} steps, "
+                             f"got shape {list(x.shape)}")
+        x32 = tf.cast(x, tf.float32)
+        broadcast = [self.num_steps] + [1] * (len(x.shape) - 2) + [-1]  # [T, 1, ..., C]
+        if use_batch_statistics:
+            mean, variance = tf.nn.moments(x32, axes=list(range(1, len(x.shape) - 1)))  # [T, C] each
+            if update_statistics:
+                decay = 1.0 - self.momentum
+                self.moving_mean.assign(self.moving_mean - decay * (self.moving_mean - mean))
+                self.moving_variance.assign(self.moving_variance - decay * (self.moving_variance - variance))
+            if self.recorder is not None:
+                count = tf.size(x32[0]) // tf.shape(x32)[-1]
+                for t in range(self.num_steps):
+                    self.recorder(self, tf.constant(t), mean[t], variance[t], count)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        y = tf.nn.batch_normalization(x32, tf.reshape(mean, broadcast), tf.reshape(variance, broadcast),
+                                      tf.reshape(self.beta, broadcast), tf.reshape(self.gamma, broadcast),
+                                      self.epsilon)
         return tf.cast(y, x.dtype)
 
     def _update_moving_statistics(self, index, mean, variance):
@@ -121,6 +149,24 @@ class _Operator(keras.layers.Layer):
         return StepBatchNormalization(self.num_steps, self.batch_norm_momentum, self.batch_norm_epsilon,
                                       name=name)
 
+    def _normalize(self, norm, h, step, use_batch_statistics, update_statistics):
+        """Step batch norm of h [rows, ..., C]. With step=None the rows are num_steps blocks, one per step."""
+        if step is not None:
+            return norm(h, step=step, use_batch_statistics=use_batch_statistics,
+                        update_statistics=update_statistics)
+        by_step = tf.reshape(h, [self.num_steps, -1, *h.shape[1:]])  # [T, B, ..., C]
+        y = norm(by_step, step=None, use_batch_statistics=use_batch_statistics,
+                 update_statistics=update_statistics)
+        return tf.reshape(y, [-1, *h.shape[1:]])
+
+    def _output(self, mean_logits, variance_logits, step):
+        """operator_head, reshaped back to [T, B, *example_shape] when all steps ran at once (step=None)."""
+        mean, variance = operator_head(mean_logits, variance_logits, self.beta, self.epsilon, self.example_shape)
+        if step is None:
+            shape = [self.num_steps, -1, *self.example_shape]
+            return tf.reshape(mean, shape), tf.reshape(variance, shape)
+        return mean, variance
+
     def get_config(self):
         return {**super().get_config(), "example_shape": list(self.example_shape),
                 "num_steps": self.num_steps, "width": self.width, "depth": self.depth,
@@ -133,7 +179,8 @@ class _Operator(keras.layers.Layer):
 class MLPOperator(_Operator):
     """The paper's MNIST operator: depth x [Dense(width) -> step batch norm -> ReLU], then two Dense(d) heads.
 
-    call(z [B, *example_shape], step) -> (mean, variance), float32 [B, *example_shape].
+    call(z [B, *example_shape], step) -> (mean, variance), float32 [B, *example_shape]; with step=None,
+    z [T, B, *example_shape] holds one batch per step and all T steps run as one batch.
     """
 
     def __init__(self, example_shape, num_steps, width=1200, depth=2, **kwargs):
@@ -157,12 +204,10 @@ class MLPOperator(_Operator):
         self.variance_head.build(shape)
 
     def call(self, z, step, use_batch_statistics=False, update_statistics=False):
-        h = tf.reshape(z, [-1, self.mean_head.units])  # [B, d]
+        h = tf.reshape(z, [-1, self.mean_head.units])  # [B, d], or [T * B, d] with step=None
         for dense, norm in zip(self.dense, self.norms):
-            h = tf.nn.relu(norm(dense(h), step=step, use_batch_statistics=use_batch_statistics,
-                                   update_statistics=update_statistics))  # [B, width]
-        return operator_head(self.mean_head(h), self.variance_head(h), self.beta, self.epsilon,
-                             self.example_shape)
+            h = tf.nn.relu(self._normalize(norm, dense(h), step, use_batch_statistics, update_statistics))
+        return self._output(self.mean_head(h), self.variance_head(h), step)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -172,7 +217,7 @@ class ConvOperator(_Operator):
     Dense(4 * 4 * width) -> transposed 5x5 stride-2 convolutions halving the channels, each with step
     batch norm and ReLU, up to half the image size; then two transposed-convolution heads to [H, W, C]:
     three transposed convolutions in all for 32x32 images, four for 64x64 (CelebA).
-    call(z [B, H, W, C], step) -> (mean, variance), float32 [B, H, W, C].
+    call(z [B, H, W, C], step) -> (mean, variance), float32 [B, H, W, C]; step=None as for MLPOperator.
     """
 
     def __init__(self, example_shape, num_steps, width=512, depth=2, **kwargs):
@@ -208,15 +253,13 @@ class ConvOperator(_Operator):
     def call(self, z, step, use_batch_statistics=False, update_statistics=False):
         size, _, channels = self.example_shape
         h = tf.reshape(z, [-1, size * size * channels])
-        h = tf.nn.relu(self.dense_norm(self.dense(h), step=step, use_batch_statistics=use_batch_statistics,
-                                           update_statistics=update_statistics))
+        h = tf.nn.relu(self._normalize(self.dense_norm, self.dense(h), step, use_batch_statistics,
+                                       update_statistics))
         h = tf.reshape(h, [-1, 4, 4, self.width])
         for deconv, norm in zip(self.deconvs, self.norms):
-            h = tf.nn.relu(norm(deconv(h), step=step, use_batch_statistics=use_batch_statistics,
-                                   update_statistics=update_statistics))
+            h = tf.nn.relu(self._normalize(norm, deconv(h), step, use_batch_statistics, update_statistics))
         variance_input = h if self.variance == "diagonal" else tf.reduce_mean(h, axis=[1, 2])
-        return operator_head(self.mean_head(h), self.variance_head(variance_input), self.beta,
-                             self.epsilon, self.example_shape)
+        return self._output(self.mean_head(h), self.variance_head(variance_input), step)
 
 
 def build_operator(config) -> _Operator:

@@ -241,6 +241,29 @@ def test_infusion_chain_terms_match_hand_recomputation():
     np.testing.assert_allclose(terms.final_squared_error, total((x - m_next) ** 2), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("example_shape", [(4, 4, 1), (6,)], ids=["image", "vector"])
+def test_trajectory_scored_at_once_equals_the_step_by_step_chain(example_shape):
+    """infusion_trajectory + score_infusion_chain (the training step's two passes) give infusion_chain's
+    draws and terms for the same seed, with batch statistics and with moving statistics."""
+    num_steps, delta = 3, 1e-4
+    alpha = tf.constant([0.0, 0.3, 0.6], tf.float32)  # alpha(0) = 0 exercises log(0) in the mixture
+    rng = np.random.default_rng(12)
+    x = tf.constant(rng.uniform(size=(8, *example_shape)).astype(np.float32))
+    prior_mean = rng.uniform(size=example_shape).astype(np.float32)
+    prior_variance = rng.uniform(0.01, 0.1, example_shape).astype(np.float32)
+    op = _small_mlp(example_shape, num_steps)
+    for use_batch_statistics in (True, False):
+        expected = chains.infusion_chain(op, x, prior_mean, prior_variance, alpha, delta, _seed(13),
+                                         use_batch_statistics=use_batch_statistics)
+        z_tilde = chains.infusion_trajectory(op, x, prior_mean, prior_variance, alpha, delta, _seed(13),
+                                             use_batch_statistics=use_batch_statistics)
+        assert tuple(z_tilde.shape) == (num_steps, 8, *example_shape)
+        terms = chains.score_infusion_chain(op, x, z_tilde, prior_mean, prior_variance, alpha, delta,
+                                            use_batch_statistics=use_batch_statistics)
+        for got, want in zip(terms, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-2)
+
+
 def test_infusion_chain_alpha_zero_gives_q_equal_p():
     """With alpha = 0, q(t) is p(t): every log p - log q term of Eq. 3 but the last is zero."""
     op = _small_mlp(num_steps=3)

@@ -88,6 +88,28 @@ def test_gradients_finite_and_nonzero(objective, mnist_images):
         assert any(not np.allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b)) for a, b in zip(grads, stopped))
 
 
+def test_denoising_train_step_gradient_equals_the_step_by_step_chain(mnist_images):
+    """The denoising train_step scores all steps in one batch; its update must be the one the step-by-step
+    chain gives: same loss, same gradients, same moving statistics."""
+    x = tf.constant(mnist_images[:32])
+    by_step, at_once = _model(mnist_images), _model(mnist_images)
+    by_step.rng_counter.assign(5)  # both draw the seed of counter 6
+    with tf.GradientTape() as tape:
+        terms = by_step.chain_terms(x, by_step._next_seed(), update_statistics=True)
+        loss = tf.reduce_mean(by_step.objective(terms))
+    expected = [tf.convert_to_tensor(g) for g in tape.gradient(loss, by_step.trainable_variables)]
+    at_once.rng_counter.assign(5)
+    at_once.optimizer = keras.optimizers.SGD(1.0)  # one step of SGD(1): weights move by minus the gradient
+    before = [v.numpy().copy() for v in at_once.trainable_variables]
+    logs = at_once.train_step(x)
+    np.testing.assert_allclose(logs["loss"], loss, rtol=1e-4)
+    for old, variable, grad in zip(before, at_once.trainable_variables, expected):
+        np.testing.assert_allclose(old - variable.numpy(), grad, rtol=2e-3, atol=1e-5, err_msg=variable.path)
+    for a, b in zip(by_step.non_trainable_variables, at_once.non_trainable_variables):
+        if a.name != "rng_counter":
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+
 # ---------------------------------------------------------------------------------------- training
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_fit_runs_with_tf_data(objective, mnist_images):

@@ -248,3 +248,41 @@ def test_build_operator(kwargs, cls):
     assert op.num_steps == config.num_steps and op.variance == config.variance
     mean, variance = op(tf.zeros((2, *config.example_shape)), step=0)
     assert mean.shape == (2, *config.example_shape)
+
+
+def test_step_batch_norm_all_steps_at_once_matches_step_by_step():
+    """step=None normalizes row t of [T, B, C] exactly as step t does, and updates every row once."""
+    num_steps = 3
+    rng = np.random.default_rng(5)
+    x = rng.normal(1.0, 2.0, (num_steps, 16, 4)).astype(np.float32)
+    one_call, by_step = StepBatchNormalization(num_steps), StepBatchNormalization(num_steps)
+    for layer in (one_call, by_step):
+        layer.build((None, 4))
+        layer.gamma.assign(rng.uniform(0.5, 2.0, (num_steps, 4)).astype(np.float32))
+        layer.beta.assign(rng.normal(0.0, 1.0, (num_steps, 4)).astype(np.float32))
+    by_step.gamma.assign(one_call.gamma)
+    by_step.beta.assign(one_call.beta)
+    for use_batch_statistics in (True, False):
+        y = one_call(tf.constant(x), step=None, use_batch_statistics=use_batch_statistics,
+                     update_statistics=use_batch_statistics)
+        expected = [by_step(tf.constant(x[t]), step=t, use_batch_statistics=use_batch_statistics,
+                            update_statistics=use_batch_statistics) for t in range(num_steps)]
+        np.testing.assert_allclose(y, np.stack(expected), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(one_call.moving_mean, by_step.moving_mean, rtol=1e-6)
+        np.testing.assert_allclose(one_call.moving_variance, by_step.moving_variance, rtol=1e-6)
+    with pytest.raises(ValueError, match="leading axis"):
+        one_call(tf.constant(x[:2]), step=None)
+
+
+@pytest.mark.parametrize("make", [lambda: _mlp(num_steps=3), lambda: _conv(32, num_steps=3)], ids=["mlp", "conv"])
+def test_operator_all_steps_at_once_matches_step_by_step(make):
+    op = make()
+    _randomize_step_parameters(op)
+    z = tf.random.stateless_uniform((3, 5, *op.example_shape), [3, 4])  # [T, B, ...]
+    for use_batch_statistics in (True, False):
+        mean, variance = op(z, step=None, use_batch_statistics=use_batch_statistics)
+        assert tuple(mean.shape) == (3, 5, *op.example_shape)
+        for t in range(3):
+            mean_t, variance_t = op(z[t], step=t, use_batch_statistics=use_batch_statistics)
+            np.testing.assert_allclose(mean[t], mean_t, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(variance[t], variance_t, rtol=1e-4, atol=1e-6)
