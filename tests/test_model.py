@@ -129,6 +129,32 @@ def test_fit_runs_with_tf_data(objective, mnist_images):
         np.testing.assert_allclose(history.history["loss"][0], -history.history["lower_bound"][0], rtol=1e-5)
 
 
+def test_no_retracing_across_steps_and_epochs(mnist_images):
+    """The step functions are traced once, whatever the step, epoch or seed: nothing in them is Python state."""
+    images = mnist_images[:128]
+    model = _model(images)
+    traces = {"train": 0, "test": 0}
+    train_step, test_step = model.train_step, model.test_step
+
+    def counting_train_step(data):  # Python code in a step runs only while it is being traced
+        traces["train"] += 1
+        return train_step(data)
+
+    def counting_test_step(data):
+        traces["test"] += 1
+        return test_step(data)
+
+    model.train_step, model.test_step = counting_train_step, counting_test_step
+    after_epoch = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: after_epoch.append(dict(traces)))
+    model.fit(_dataset(images), validation_data=_dataset(images[:64]), epochs=3, verbose=0, shuffle=False,
+              callbacks=[record])
+    assert int(model.optimizer.iterations.numpy()) == 12
+    # The first call traces once more while it creates the optimizer's variables; after that, never again.
+    assert after_epoch[0]["train"] <= 2 and after_epoch[0]["test"] == 1
+    assert after_epoch[0] == after_epoch[1] == after_epoch[2]
+
+
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_loss_falls_on_mnist(objective, mnist_images):
     """512 real MNIST images, 4 epochs of 8 batches: the last epoch's mean loss is well below the first's."""
