@@ -1,0 +1,284 @@
+"""Shared pieces of the benchmarks: the machine's matmul peak, model FLOPs, the environment, results files.
+
+Every benchmark measures the machine's matrix-product peak in the same process as the model, so a ratio
+to peak is a ratio between two numbers taken under the same load, thread settings and TensorFlow build.
+
+FLOP convention (matrix products only; biases, batch norm, activations and densities are not counted):
+    forward     F = 2 * sum over the operator's Dense kernels of (in * out) per example and step
+                  (the paper's MNIST operator 784 -> 1200 -> 1200 -> 2 x 784: F = 8 524 800);
+    training    3 * F * T per example: forward plus backward (twice the forward) for each of the T
+                  steps, the usual "model FLOPs utilization" convention. Work the implementation adds on
+                  top (the denoising step draws the chain in a forward pass of its own before scoring it,
+                  backward products that are not needed) is not useful work and is not counted;
+    evaluation  F * T per chain (one infusion chain of T operator calls, Eq. 2 and Eq. 3);
+    sampling    F * S per sample for a chain of S sampling steps.
+Achieved GFLOP/s = those FLOPs / measured seconds; ratio_to_peak = achieved / `matmul_peak` of the
+dtype the products run in (float32 for float32, bfloat16 for mixed_bfloat16).
+
+Results go to `bench/results/<script>.json`: {"script", "command", "settings", "environment", "started",
+"duration_seconds", "peak_rss_mb", "measurements": [{"name", "examples_per_second" or
+"latency_seconds", "peak_gflops", "ratio_to_peak", ...}, ...]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+__all__ = ["REPO", "RESULTS_DIR", "PEAK_SIZES", "matmul_peak", "measure_peaks", "operator_forward_flops",
+           "environment", "peak_rss_mb", "write_results", "read_results", "print_table", "base_parser",
+           "percentile_summary", "reset_keras"]
+
+RESULTS_DIR = REPO / "bench" / "results"
+PEAK_SIZES = (1024, 2048)
+_CHAIN = 10  # dependent matrix products per call
+
+
+def _chain_function():
+    @tf.function
+    def chain(c, b):
+        for _ in range(_CHAIN):  # unrolled; each product needs the previous one, so none can be merged
+            c = tf.matmul(c, b)
+        return c[0, 0]
+    return chain
+
+
+def matmul_peak(dtype: str = "float32", sizes=PEAK_SIZES, repeats: int = 5) -> float:
+    """The machine's square-matmul throughput in GFLOP/s, measured now in this process.
+
+    A tf.function computes c = c @ b ten times (dependent products, so grappler cannot merge them), with
+    b ~ N(0, 1/n) so values stay finite; each size n is timed `repeats` times after a warm-up call and
+    the best call counts, 2 n^3 FLOPs per product. Returns the best over `sizes`.
+    dtype: "float32" or "bfloat16". Raises: ValueError for another dtype or no sizes.
+    """
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    if not sizes or int(repeats) < 1:
+        raise ValueError(f"need at least one size and one repeat, got sizes={sizes}, repeats={repeats}")
+    best = 0.0
+    chain = _chain_function()
+    for n in sizes:
+        n = int(n)
+        rng = np.random.default_rng(n)
+        b = tf.cast(tf.constant(rng.standard_normal((n, n)) / math.sqrt(n), tf.float32), dtype)
+        c = tf.cast(tf.constant(rng.standard_normal((n, n)), tf.float32), dtype)
+        chain(c, b).numpy()  # trace and warm the oneDNN primitive cache
+        for _ in range(int(repeats)):
+            start = time.perf_counter()
+            value = float(chain(c, b).numpy())
+            seconds = time.perf_counter() - start
+            if not math.isfinite(value):
+                raise FloatingPointError(f"matmul chain of size {n} in {dtype} gave {value}")
+            best = max(best, _CHAIN * 2.0 * n**3 / seconds / 1e9)
+    return best
+
+
+def measure_peaks(quick: bool = False) -> dict[str, float]:
+    """{"float32": GFLOP/s, "bfloat16": GFLOP/s}; quick: one size (1024) and two repeats."""
+    sizes, repeats = ((1024,), 2) if quick else (PEAK_SIZES, 5)
+    return {dtype: matmul_peak(dtype, sizes, repeats) for dtype in ("float32", "bfloat16")}
+
+
+def operator_forward_flops(model) -> int:
+    """Matmul FLOPs of one forward pass of the transition operator for one example: 2 * sum(in * out).
+
+    model: an InfusionModel or its operator. Only the MLP operator is supported: a convolution's FLOPs
+    depend on its output size and are not a kernel's in * out. Raises: ValueError for another operator.
+    """
+    import keras
+
+    from infusion_tf.networks import MLPOperator
+
+    operator = getattr(model, "operator", model)
+    if not isinstance(operator, MLPOperator):
+        raise ValueError(f"operator_forward_flops counts Dense kernels of the MLP operator only; got "
+                         f"{type(operator).__name__} (the conv operator's FLOPs are not counted here)")
+    dense = [layer for layer in operator._flatten_layers() if isinstance(layer, keras.layers.Dense)]
+    return 2 * sum(int(layer.kernel.shape[0]) * int(layer.kernel.shape[1]) for layer in dense)
+
+
+def _cpu_model() -> tuple[str, list[str]]:
+    """The CPU's model name and its matrix-relevant feature flags, from /proc/cpuinfo."""
+    name, flags = None, []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and name is None:
+            name = value.strip()
+        elif key.strip() == "flags" and not flags:
+            wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+            flags = [f for f in value.split() if f in wanted]
+    return name or platform.processor() or "unknown", flags
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    """TensorFlow and Keras versions, CPU model and flags, cores, threads, load, git commit, date."""
+    import keras
+
+    cpu, flags = _cpu_model()
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cpu_model": cpu,
+        "cpu_flags": flags,
+        "cpu_count": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),  # 0: TensorFlow's default
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "environment_variables": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS",
+                                                             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+                                                             "ONEDNN_MAX_CPU_ISA") if k in os.environ},
+        "load_average": list(os.getloadavg()),  # a busy machine makes every number here lower
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+    }
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    """Peak resident memory in MB (2^20 bytes) of this process, or of its largest waited-for child."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def percentile_summary(seconds) -> dict[str, float]:
+    """median, mean, p10, p90, min, max of a list of durations, in seconds."""
+    values = np.asarray(list(seconds), np.float64)
+    if values.size == 0:
+        raise ValueError("no durations to summarize")
+    return {"median": float(np.median(values)), "mean": float(values.mean()),
+            "p10": float(np.percentile(values, 10)), "p90": float(np.percentile(values, 90)),
+            "min": float(values.min()), "max": float(values.max()), "count": int(values.size)}
+
+
+def write_results(script_name: str, rows: list[dict], *, results_dir=None, settings: dict | None = None,
+                  started: float | None = None) -> Path:
+    """Writes `<results_dir>/<script_name>.json` (see the module docstring) atomically; returns its path.
+
+    started: time.time() at the script's start, for duration_seconds.
+    """
+    for row in rows:
+        if "name" not in row:
+            raise ValueError(f"every measurement needs a name, got keys {sorted(row)}")
+    folder = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    document = {
+        "script": script_name,
+        "command": [sys.executable, *sys.argv],
+        "settings": settings or {},
+        "environment": environment(),
+        "started": None if started is None else datetime.datetime.fromtimestamp(
+            started, datetime.timezone.utc).isoformat(timespec="seconds"),
+        "duration_seconds": None if started is None else time.time() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        "measurements": rows,
+    }
+    path = folder / f"{script_name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(document, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (Path,)):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def read_results(script_name: str, results_dir=None) -> dict | None:
+    """The document a script wrote, or None when there is none."""
+    path = (Path(results_dir) if results_dir is not None else RESULTS_DIR) / f"{script_name}.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _format(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value == 0.0:
+            return "0"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_table(rows: list[dict], columns: list[str] | None = None, title: str | None = None) -> None:
+    """Prints the rows as an aligned text table of `columns` (default: every key of the first row)."""
+    if not rows:
+        print("(no measurements)")
+        return
+    columns = columns or list(rows[0])
+    cells = [[_format(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    if title:
+        print(f"\n{title}")
+    print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths))))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the flags every benchmark takes: --quick and --results-dir."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few steps only: checks that the script works")
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR), help="where <script>.json is written")
+    return parser
+
+
+def reset_keras() -> None:
+    """Back to the float32 policy with a fresh Keras session, between two models of one benchmark."""
+    import keras
+
+    keras.backend.clear_session()
+    keras.config.set_dtype_policy("float32")
