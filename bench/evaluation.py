@@ -38,12 +38,8 @@ def build(precision: str, train_array, checkpoint: str | None) -> InfusionModel:
         from infusion_tf.checkpoint import load_checkpoint
 
         return load_checkpoint(checkpoint, precision=precision)
-    keras.config.set_dtype_policy(precision)
-    try:
-        keras.utils.set_random_seed(0)
-        model = InfusionModel(InfusionConfig(precision=precision))
-    finally:
-        keras.config.set_dtype_policy("float32")
+    keras.utils.set_random_seed(0)
+    model = InfusionModel(InfusionConfig(precision=precision))  # the config sets the layers' precision
     model.fit_prior(train_array)
     return model
 

@@ -6,9 +6,8 @@ writes them) or `{best,last}.weights.h5` beside config.json (as `pretrained/` sh
 
 from __future__ import annotations
 
+import dataclasses
 import os
-
-import keras
 
 from infusion_tf.config import CONFIG_FILENAME, load_config
 from infusion_tf.model import InfusionModel
@@ -48,14 +47,7 @@ def load_checkpoint(checkpoint_dir: str, weights: str | None = None, precision: 
         raise FileNotFoundError(f"checkpoint folder {checkpoint_dir!r} does not exist")
     config = load_config(checkpoint_dir)
     weights_path = find_weights(checkpoint_dir, weights)
-    if precision not in (None, "float32", "mixed_bfloat16"):
-        raise ValueError(f"precision must be float32 or mixed_bfloat16, got {precision!r}")
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision or "float32")
-    try:
-        model = InfusionModel(config)
-    finally:
-        keras.config.set_dtype_policy(previous)
+    model = InfusionModel(dataclasses.replace(config, precision=precision or "float32"))  # checks the name
     try:
         model.load_weights(weights_path)
     except ValueError as e:

@@ -147,7 +147,7 @@ class _Operator(keras.layers.Layer):
 
     def _step_norm(self, name):
         return StepBatchNormalization(self.num_steps, self.batch_norm_momentum, self.batch_norm_epsilon,
-                                      name=name)
+                                      name=name, dtype=self.dtype_policy)
 
     def _normalize(self, norm, h, step, use_batch_statistics, update_statistics):
         """Step batch norm of h [rows, ..., C]. With step=None the rows are num_steps blocks, one per step."""
@@ -188,10 +188,12 @@ class MLPOperator(_Operator):
         d = 1
         for s in self.example_shape:
             d *= s
-        self.dense = [keras.layers.Dense(self.width, use_bias=False, name=f"dense_{i}") for i in range(self.depth)]
+        self.dense = [keras.layers.Dense(self.width, use_bias=False, name=f"dense_{i}", dtype=self.dtype_policy)
+                      for i in range(self.depth)]
         self.norms = [self._step_norm(f"step_norm_{i}") for i in range(self.depth)]
-        self.mean_head = keras.layers.Dense(d, name="mean_head")
-        self.variance_head = keras.layers.Dense(d if self.variance == "diagonal" else 1, name="variance_head")
+        self.mean_head = keras.layers.Dense(d, name="mean_head", dtype=self.dtype_policy)
+        self.variance_head = keras.layers.Dense(d if self.variance == "diagonal" else 1, name="variance_head",
+                                                dtype=self.dtype_policy)
 
     def build(self, input_shape):
         d = self.mean_head.units
@@ -224,18 +226,20 @@ class ConvOperator(_Operator):
         super().__init__(example_shape, num_steps, width, depth, **kwargs)
         size, _, channels = self.example_shape
         num_upsamplings = {32: 2, 64: 3}[size]  # 4 -> 8 -> 16 (-> 32), then the heads double once more
-        self.dense = keras.layers.Dense(4 * 4 * self.width, use_bias=False, name="dense")
+        self.dense = keras.layers.Dense(4 * 4 * self.width, use_bias=False, name="dense", dtype=self.dtype_policy)
         self.dense_norm = self._step_norm("step_norm_dense")
         filters = [max(self.width // 2 ** (i + 1), 8) for i in range(num_upsamplings)]
         self.deconvs = [keras.layers.Conv2DTranspose(f, 5, strides=2, padding="same", use_bias=False,
-                                                     name=f"deconv_{i}") for i, f in enumerate(filters)]
+                                                     name=f"deconv_{i}", dtype=self.dtype_policy)
+                        for i, f in enumerate(filters)]
         self.norms = [self._step_norm(f"step_norm_{i}") for i in range(num_upsamplings)]
-        self.mean_head = keras.layers.Conv2DTranspose(channels, 5, strides=2, padding="same", name="mean_head")
+        self.mean_head = keras.layers.Conv2DTranspose(channels, 5, strides=2, padding="same", name="mean_head",
+                                                      dtype=self.dtype_policy)
         if self.variance == "diagonal":
             self.variance_head = keras.layers.Conv2DTranspose(channels, 5, strides=2, padding="same",
-                                                              name="variance_head")
+                                                              name="variance_head", dtype=self.dtype_policy)
         else:
-            self.variance_head = keras.layers.Dense(1, name="variance_head")
+            self.variance_head = keras.layers.Dense(1, name="variance_head", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         size, _, channels = self.example_shape
@@ -263,10 +267,14 @@ class ConvOperator(_Operator):
 
 
 def build_operator(config) -> _Operator:
-    """The transition operator an `InfusionConfig` describes, built (all weights exist)."""
+    """The transition operator an `InfusionConfig` describes, built (all weights exist).
+
+    Its layers compute in config.precision: float32, or mixed_bfloat16 (bfloat16 matrix products with
+    float32 weights; batch normalization and the heads' outputs stay float32).
+    """
     kwargs = dict(variance=config.variance, beta=config.beta, epsilon=config.epsilon,
-                  batch_norm_momentum=config.batch_norm_momentum,
-                  batch_norm_epsilon=config.batch_norm_epsilon, name="transition_operator")
+                  batch_norm_momentum=config.batch_norm_momentum, batch_norm_epsilon=config.batch_norm_epsilon,
+                  name="transition_operator", dtype=config.precision)
     cls = {"mlp": MLPOperator, "conv": ConvOperator}[config.operator]
     operator = cls(config.example_shape, config.num_steps, config.width, config.depth, **kwargs)
     operator.build((None, *config.example_shape))

@@ -97,12 +97,12 @@ def load_training_data(config: InfusionConfig, data_dir: str | None = None) -> d
 
 def build_model(config: InfusionConfig, train_array: np.ndarray | None = None) -> InfusionModel:
     """A compiled InfusionModel (Adam), its prior fitted to `train_array` when given (Eq. 1)."""
-    keras.config.set_dtype_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
-    model = InfusionModel(config)
+    model = InfusionModel(config)  # its layers compute in config.precision
     if train_array is not None:
         model.fit_prior(train_array)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    model.optimizer.build(model.trainable_variables)  # its slots exist before the first step is traced
     return model
 
 
@@ -200,7 +200,6 @@ def _resume_model(paths: RunPaths, config: InfusionConfig, steps_per_epoch: int)
     """(model, initial_epoch, best, best_epoch) from last.keras, or None when the run has no checkpoint yet."""
     if not os.path.isfile(paths.last):
         return None
-    keras.config.set_dtype_policy(config.precision)
     try:
         model = keras.models.load_model(paths.last)
     except Exception as e:  # Keras raises many types for a damaged or foreign file

@@ -345,3 +345,19 @@ def test_mirrored_gradient_equals_single_device_gradient(mirrored_result, object
 # Per-step moving statistics use aggregation="mean": under MirroredStrategy every replica keeps the same copy.
 def test_mirrored_moving_statistics_stay_identical_across_replicas(mirrored_result):
     assert mirrored_result["moving_mean_replica_gap"] < 1e-6
+
+
+def test_mixed_bfloat16_trains_and_round_trips(tmp_path, mnist_images):
+    """precision=mixed_bfloat16 comes from the config alone: training, saving and loading keep it."""
+    images = mnist_images[:64]
+    model = _model(images, precision="mixed_bfloat16")
+    assert model.operator.dense[0].compute_dtype == "bfloat16"
+    history = model.fit(_dataset(images), epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][0])
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.operator.dense[0].compute_dtype == "bfloat16"
+    assert loaded.operator.dense[0].kernel.dtype == "float32"
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

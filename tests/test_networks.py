@@ -1,5 +1,7 @@
 """Tests of infusion_tf.networks: the transition operators and per-step batch normalization (footnote 5)."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -286,3 +288,19 @@ def test_operator_all_steps_at_once_matches_step_by_step(make):
             mean_t, variance_t = op(z[t], step=t, use_batch_statistics=use_batch_statistics)
             np.testing.assert_allclose(mean[t], mean_t, rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(variance[t], variance_t, rtol=1e-4, atol=1e-6)
+
+
+def test_operator_computes_in_the_configs_precision():
+    """mixed_bfloat16: bfloat16 matrix products on float32 weights, float32 outputs; no global policy needed."""
+    from infusion_tf.config import InfusionConfig
+
+    config = InfusionConfig(width=32, depth=1, num_steps=2, precision="mixed_bfloat16")
+    op = build_operator(config)
+    assert op.dense[0].compute_dtype == "bfloat16" and op.dense[0].kernel.dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+    mean, variance = op(tf.random.stateless_uniform((4, 28, 28, 1), [1, 2]), step=0, use_batch_statistics=True)
+    assert mean.dtype == tf.float32 and variance.dtype == tf.float32
+    reference = build_operator(dataclasses.replace(config, precision="float32"))
+    reference.set_weights(op.get_weights())
+    expected, _ = reference(tf.random.stateless_uniform((4, 28, 28, 1), [1, 2]), step=0, use_batch_statistics=True)
+    np.testing.assert_allclose(mean, expected, atol=0.02)  # bfloat16 keeps 8 bits of mantissa
