@@ -1,4 +1,5 @@
-"""Pictures: grids of samples (Figure 1 / 4 of the paper), sampling chains (Figure 1), training curves (Figure 3)."""
+"""Pictures: grids of samples (Figure 4 of the paper), sampling chains (Figure 1), training curves (Figure 3),
+inpainting (Figure 5)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["image_grid", "save_png", "save_sample_grid", "save_chain_grid", "save_scatter", "plot_curves"]
+__all__ = ["image_grid", "save_png", "save_sample_grid", "save_chain_grid", "save_inpainting_grid", "save_scatter",
+           "plot_curves"]
 
 
 def image_grid(images: np.ndarray, rows: int, cols: int, padding: int = 1) -> np.ndarray:
@@ -52,6 +54,22 @@ def save_chain_grid(path: str, chain: np.ndarray, max_columns: int = 16) -> str:
     return save_png(path, image_grid(tiles, chain.shape[1], len(columns)))
 
 
+def save_inpainting_grid(path: str, originals: np.ndarray, inputs: np.ndarray, completions: np.ndarray) -> str:
+    """Inpainting (Figure 5), one row per image: the original, the chain's input z(0), then the completions.
+
+    originals, inputs: [n, H, W, C] in [0, 1]; completions: [n, m, H, W, C], m completions of each image.
+    Raises: ValueError when the shapes do not line up.
+    """
+    originals, inputs, completions = np.asarray(originals), np.asarray(inputs), np.asarray(completions)
+    n = len(originals)
+    if originals.ndim != 4 or inputs.shape != originals.shape or completions.ndim != 5 or \
+            completions.shape[0] != n or completions.shape[2:] != originals.shape[1:]:
+        raise ValueError(f"expected originals and inputs [n, H, W, C] and completions [n, m, H, W, C], got "
+                         f"{originals.shape}, {inputs.shape} and {completions.shape}")
+    tiles = np.concatenate([originals[:, None], inputs[:, None], completions], axis=1)  # [n, 2 + m, H, W, C]
+    return save_png(path, image_grid(tiles.reshape(-1, *originals.shape[1:]), n, tiles.shape[1]))
+
+
 def save_scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = None, title: str = "") -> str:
     """Scatter plot of 2-D samples [N, 2] over the data [M, 2] (toy densities), with matplotlib."""
     import matplotlib
@@ -73,8 +91,12 @@ def save_scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = 
     return path
 
 
-def plot_curves(csv_path: str, png_path: str, keys=("lower_bound", "val_lower_bound"), title: str = "") -> str:
-    """Training curves from the CSV log of a run (Figure 3): lower bound in nats against epochs."""
+def plot_curves(csv_path: str, png_path: str, keys=("lower_bound", "val_lower_bound"), title: str = "",
+                labels: dict[str, str] | None = None) -> str:
+    """Training curves from the CSV log of a run (Figure 3): lower bound in nats against epochs.
+
+    labels: legend text per key (default: the key itself).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,7 +110,7 @@ def plot_curves(csv_path: str, png_path: str, keys=("lower_bound", "val_lower_bo
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for key in keys:
         if key in rows[0]:
-            ax.plot(epochs, [float(r[key]) for r in rows], label=key)
+            ax.plot(epochs, [float(r[key]) for r in rows], label=(labels or {}).get(key, key))
     ax.set_xlabel("epoch")
     ax.set_ylabel("lower bound (nats per example)")
     ax.set_title(title)
