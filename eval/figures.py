@@ -1,0 +1,170 @@
+"""Figures of a trained model: `python eval/figures.py --checkpoint DIR --output-dir docs/figures/mnist`.
+
+From a run folder (or a pretrained/ folder) it writes into --output-dir:
+    samples.png             100 samples, means of the last of config.sampling_steps steps (the paper's Figure 4)
+    chains.png              10 model sampling chains, z(0) on the left to the last step (Figure 1)
+    training_curve.png      lower bound per epoch, train and validation, from the run's log.csv (Figure 3);
+                            skipped when the folder has no log.csv
+    inpainting.png          test digits whose bottom half is filled in given their top half (Section 4.3,
+                            Figure 5): original, the chain's input z(0), then several completions
+    nearest_neighbours.png  10 of the samples, each followed by its 3 nearest training images (Figure 4's
+                            last column; quality.save_nearest_neighbour_figure)
+The batch-norm statistics are the checkpoint's moving averages unless --batch-norm recompute, which first
+recomputes them over the training set as eval/run.py does (Appendix A.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import numpy as np
+
+__all__ = ["FigureSettings", "write_figures", "figures_parser", "main"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureSettings:
+    """Every setting of one call of the figures command."""
+
+    checkpoint: str
+    output_dir: str = "docs/figures/mnist"
+    weights: str | None = None  # best | last | a path; None: best if present, else last
+    seed: int = 0
+    batch_norm: str = "moving"  # moving (training's averages) | recompute (over the training set, as eval/run.py)
+    sampling_steps: int | None = None  # None: config.sampling_steps (30 for MNIST, Section 4.2)
+    num_samples: int = 100  # samples in the grid
+    num_chains: int = 10  # rows of the chain figure
+    inpaint_digits: int = 10  # test digits in the inpainting figure, the first of the test split
+    completions: int = 6  # completions per digit
+    neighbours: int = 3  # nearest training images per sample
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        if self.batch_norm not in ("moving", "recompute"):
+            raise ValueError(f"batch_norm must be moving or recompute, got {self.batch_norm!r}")
+        for name in ("num_samples", "num_chains", "inpaint_digits", "completions", "neighbours"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.sampling_steps is not None and self.sampling_steps < 1:
+            raise ValueError(f"sampling_steps must be >= 1, got {self.sampling_steps}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+def _load(settings: FigureSettings):
+    """(model, training images uint8, test images uint8): the checkpoint's model with the chosen statistics."""
+    from infusion_tf import data, estimators
+    from infusion_tf.checkpoint import load_checkpoint
+
+    model = load_checkpoint(settings.checkpoint, settings.weights)
+    config = model.config
+    if len(config.example_shape) != 3:
+        raise ValueError(f"the figures are image grids; {settings.checkpoint!r} models {config.dataset!r} with "
+                         f"examples of shape {config.example_shape}")
+    splits = data.load_splits(config.dataset, data_dir=settings.data_dir, seed=config.seed)
+    if tuple(splits.example_shape) != tuple(config.example_shape):
+        raise ValueError(f"dataset {config.dataset!r} has examples of shape {splits.example_shape}, the "
+                         f"checkpoint's model takes {config.example_shape}")
+    train = splits.train if config.train_examples is None else splits.train[:config.train_examples]
+    if settings.batch_norm == "recompute":
+        print(f"recomputing batch-norm statistics over {len(train)} training examples", flush=True)
+        change = estimators.recompute_batch_norm_statistics(model, train, seed=settings.seed, progress=True)
+        print(f"statistics moved by up to {change['max_abs_mean_change']:.3g} in mean and "
+              f"{100 * change['max_rel_variance_change']:.3g}% in variance", flush=True)
+    return model, train, splits.test
+
+
+def top_half_mask(images: np.ndarray) -> np.ndarray:
+    """1 on the top half of every image [n, H, W, C] (the known pixels), 0 on the bottom half."""
+    mask = np.zeros_like(images, dtype=np.float32)
+    mask[:, :images.shape[1] // 2] = 1.0
+    return mask
+
+
+def _inpainting(model, test: np.ndarray, settings: FigureSettings, steps: int, path: str) -> str:
+    """Section 4.3: the top half of each test digit is clamped through the chain; the bottom half starts from p(0)."""
+    from infusion_tf import data, visualize
+
+    n, m = min(settings.inpaint_digits, len(test)), settings.completions
+    dataset = data.make_eval_dataset(test[:n], n, seed=settings.seed, dequantize=model.config.dequantize)
+    x = np.asarray(next(iter(dataset)))  # [n, H, W, C], as the model sees test points
+    repeated = np.repeat(x, m, axis=0)  # [n * m, H, W, C]: m chains per digit
+    final, chain = model.inpaint(repeated, top_half_mask(repeated), steps, seed=settings.seed + 2, return_chain=True)
+    shape = x.shape[1:]
+    inputs = np.asarray(chain[0]).reshape(n, m, *shape)[:, 0]  # z(0): top half known, bottom half from p(0)
+    return visualize.save_inpainting_grid(path, x, inputs, np.asarray(final).reshape(n, m, *shape))
+
+
+def write_figures(settings: FigureSettings) -> dict[str, str]:
+    """Writes the figures listed in the module docstring; returns {name: path} of those written."""
+    from infusion_tf import quality, visualize
+
+    model, train, test = _load(settings)
+    print(f"batch-norm statistics: {settings.batch_norm}", flush=True)
+    steps = settings.sampling_steps or model.config.sampling_steps
+    os.makedirs(settings.output_dir, exist_ok=True)
+    log = os.path.join(settings.checkpoint, "log.csv")
+    path = {name: os.path.join(settings.output_dir, f"{name}.png")
+            for name in ("samples", "chains", "training_curve", "inpainting", "nearest_neighbours")}
+    written, total = {}, len(path)
+
+    def progress(i, name, what):
+        print(f"[{i}/{total}] {name}: {what}", flush=True)
+
+    def wrote(name, file):
+        written[name] = file
+        print(f"      wrote {file}", flush=True)
+
+    progress(1, "samples", f"{settings.num_samples} samples, means of step {steps}")
+    samples = np.asarray(model.sample(settings.num_samples, steps, seed=settings.seed))  # [n, H, W, C]
+    wrote("samples", visualize.save_sample_grid(path["samples"], samples))
+    progress(2, "chains", f"{settings.num_chains} sampling chains of {steps} steps")
+    _, chain = model.sample(settings.num_chains, steps, seed=settings.seed + 1, return_chain=True)
+    wrote("chains", visualize.save_chain_grid(path["chains"], np.asarray(chain)))  # chain: [steps + 1, n, ...]
+    if os.path.isfile(log):
+        progress(3, "training_curve", f"lower bound per epoch from {log}")
+        wrote("training_curve", visualize.plot_curves(
+            log, path["training_curve"], title=f"{model.config.dataset}: lower bound during training",
+            labels={"lower_bound": "train (running mean over the epoch)", "val_lower_bound": "validation"}))
+    else:
+        progress(3, "training_curve", f"skipped: {settings.checkpoint!r} has no log.csv")
+    digits = min(settings.inpaint_digits, len(test))
+    progress(4, "inpainting", f"bottom half of {digits} test digits, {settings.completions} completions each, "
+                              f"{steps} steps")
+    wrote("inpainting", _inpainting(model, test, settings, steps, path["inpainting"]))
+    rows = min(10, len(samples))
+    progress(5, "nearest_neighbours", f"{settings.neighbours} nearest of {len(train)} training images "
+                                      f"for {rows} samples")
+    wrote("nearest_neighbours", quality.save_nearest_neighbour_figure(
+        path["nearest_neighbours"], samples[:rows], train, num=rows, neighbours=settings.neighbours))
+    return written
+
+
+def figures_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eval/figures.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="run or pretrained folder (config.json + weights)")
+    for field in dataclasses.fields(FigureSettings):
+        if field.name == "checkpoint":
+            continue
+        kind = int if "int" in str(field.type) else str
+        parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default,
+                            help=f"default: {field.default}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = figures_parser().parse_args(argv)
+    try:
+        written = write_figures(FigureSettings(**vars(args)))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(written)} figures in {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
