@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import typing
 from typing import Any
 
 __all__ = ["InfusionConfig", "PRESETS", "preset", "save_config", "load_config", "CONFIG_FILENAME"]
@@ -58,6 +60,7 @@ class InfusionConfig:
     batch_size: int = 100
     learning_rate: float = 1e-3  # Adam
     epochs: int = 1500  # the authors' code; early stopping on the validation bound picks the model
+    patience: int | None = None  # stop after this many epochs without a better validation bound; None: never
     precision: str = "float32"  # float32 | mixed_bfloat16 (densities stay float32)
     seed: int = 0
     # --- outputs
@@ -65,6 +68,9 @@ class InfusionConfig:
     sampling_steps: int = 30  # the paper samples 30 steps from a 15-step model (Section 4.2)
 
     def __post_init__(self) -> None:
+        for name, value in vars(self).items():  # NaN passes "> 0" checks; an infinite rate or variance trains NaN
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         _check_choice("operator", self.operator, _OPERATORS)
         _check_choice("variance", self.variance, _VARIANCES)
         _check_choice("objective", self.objective, _OBJECTIVES)
@@ -74,7 +80,7 @@ class InfusionConfig:
             raise ValueError("dataset must be a non-empty name, got an empty string")
         for name in ("num_steps", "width", "depth", "batch_size", "epochs", "sample_every", "sampling_steps"):
             _check_positive_int(name, getattr(self, name))
-        for name in ("train_examples", "validation_examples"):
+        for name in ("train_examples", "validation_examples", "patience"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
         shape = tuple(self.example_shape)
@@ -116,9 +122,28 @@ class InfusionConfig:
         if unknown:
             raise ValueError(f"unknown config fields {unknown}; known fields are {sorted(known)}")
         values = dict(values)
+        _check_json_types(values)
         if "example_shape" in values:
             values["example_shape"] = tuple(values["example_shape"])
         return cls(**values)
+
+
+def _check_json_types(values: dict[str, Any]) -> None:
+    """ValueError naming the first field whose value has the wrong type for it (e.g. "beta": null in a
+    config.json), before the checks of __post_init__ meet it. An int may stand for a float, never a bool."""
+    def is_a(value, allowed) -> bool:
+        allowed = tuple(allowed) + ((int,) if float in allowed else ())
+        return isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool))
+
+    hints = typing.get_type_hints(InfusionConfig)
+    for name, value in values.items():
+        hint = hints[name]
+        if typing.get_origin(hint) is tuple:  # example_shape: a JSON list of ints
+            ok = isinstance(value, (list, tuple)) and all(is_a(v, (int,)) for v in value)
+        else:
+            ok = is_a(value, typing.get_args(hint) or (hint,))
+        if not ok:
+            raise ValueError(f"config field {name} must be of type {hint}, got {value!r}")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -166,7 +191,8 @@ def save_config(config: InfusionConfig, directory: str) -> str:
 
 
 def load_config(directory: str) -> InfusionConfig:
-    """Reads `<directory>/config.json`; FileNotFoundError naming the path when there is none."""
+    """Reads `<directory>/config.json`; FileNotFoundError naming the path when there is none, ValueError
+    naming it for invalid JSON or settings (a value of the wrong type included)."""
     path = os.path.join(directory, CONFIG_FILENAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {CONFIG_FILENAME} in {directory!r}: not a run or checkpoint folder")
@@ -175,4 +201,9 @@ def load_config(directory: str) -> InfusionConfig:
             values = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
-    return InfusionConfig.from_dict(values)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} holds {type(values).__name__}, not an object of settings")
+    try:
+        return InfusionConfig.from_dict(values)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
