@@ -2,7 +2,8 @@
 
 One flag per InfusionConfig field, generated from the dataclass (help text from its field comments);
 `--dataset` picks the preset whose values the other flags override. Bad input ends with a one-line
-`error: ...` and exit status 2.
+`error: ...` and exit status 2; SIGINT / SIGTERM end a run once its last complete epoch is saved, with
+status 128 + the signal number (130, 143) and a line saying how to resume.
 """
 
 from __future__ import annotations
@@ -11,16 +12,24 @@ import argparse
 import dataclasses
 import inspect
 import re
+import signal
 import sys
 import typing
 
 from infusion_tf import config as config_lib
 from infusion_tf.config import InfusionConfig
 
-__all__ = ["add_config_flags", "config_from_flags", "train_parser", "train_main"]
+__all__ = ["OneLineErrorParser", "add_config_flags", "config_from_flags", "train_parser", "train_main"]
 
 # Fields set by other means: the dataset by --dataset, the example shape by the data.
 _NOT_FLAGS = ("dataset", "example_shape")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one `error: ...` line and exit status 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _field_help() -> dict[str, str]:
@@ -65,7 +74,7 @@ def config_from_flags(args: argparse.Namespace, example_shape: tuple[int, ...] |
 
 
 def train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="train/run.py", description="Infusion training (Bordes, Honari & Vincent, ICLR 2017).")
     parser.add_argument("--dataset", default=None,
                         help="(default mnist) mnist, fashion_mnist (local IDX files), mixture_of_gaussians, banana (2-D toys), "
@@ -78,19 +87,12 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="delete --output-dir's previous run first")
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                         help="0 silent, 1 progress bar, 2 one line per epoch")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="enable TensorFlow's op determinism: a run, interrupted and resumed or not, gives "
+                             "bit-identical weights on the same machine (somewhat slower; pass it again with "
+                             "--resume)")
     add_config_flags(parser)
     return parser
-
-
-def _resume_config(args: argparse.Namespace, output_dir: str) -> InfusionConfig:
-    """The saved config of the run in output_dir, with --epochs applied; other flags must agree with it."""
-    saved = config_lib.load_config(output_dir)
-    given = _given_flags(args)
-    conflicts = sorted(k for k, v in given.items() if k != "epochs" and getattr(saved, k) != v)
-    if conflicts:
-        raise ValueError(f"--resume continues {output_dir!r} with its saved config.json; only --epochs may "
-                         f"change, but these flags differ from it: {conflicts}")
-    return dataclasses.replace(saved, epochs=given.get("epochs", saved.epochs))
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -103,8 +105,8 @@ def train_main(argv: list[str] | None = None) -> int:
         from infusion_tf import data as data_lib
         from infusion_tf import training
 
-        if args.resume:
-            config = _resume_config(args, output_dir)
+        if args.resume:  # the run's own config; flags other than training.RESUMABLE_FIELDS must agree with it
+            config = training.resume_config(output_dir, _given_flags(args))
             if dataset_given and args.dataset != config.dataset:
                 raise ValueError(f"--resume: the run in {output_dir!r} trains on {config.dataset!r}, "
                                  f"not --dataset {args.dataset!r}")
@@ -114,12 +116,17 @@ def train_main(argv: list[str] | None = None) -> int:
             # Another TFDS dataset: its example shape comes from the data.
             shape = data_lib.load_splits(args.dataset, data_dir=args.data_dir).example_shape
             config = config_from_flags(args, shape)
+        if args.deterministic:
+            import tensorflow as tf
+
+            tf.config.experimental.enable_op_determinism()
         training.train(config, output_dir, data_dir=args.data_dir, resume=args.resume,
                        overwrite=args.overwrite, verbose=args.verbose)
     except (ValueError, OSError, FloatingPointError) as e:  # OSError: FileNotFoundError, unwritable folders
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # training.TrainingInterrupted says where the run can resume from
+        print(f"\n{e}" if str(e) else "\ninterrupted", file=sys.stderr)
+        return 128 + int(getattr(e, "signum", signal.SIGINT))
     print(f"done: {output_dir}")
     return 0

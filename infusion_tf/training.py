@@ -1,28 +1,37 @@
 """A training run: its output folder, checkpoints, logs, pictures, resumption and final SavedModel.
 
     <output>/config.json                    the frozen InfusionConfig, enough to rebuild the model
-    <output>/checkpoints/last.keras         weights + optimizer + random state, written atomically each epoch
+    <output>/checkpoints/last.keras         weights + optimizer + random state + Progress, the commit of each epoch
     <output>/checkpoints/last.weights.h5    weights only, same epoch
     <output>/checkpoints/best.weights.h5    weights of the epoch with the best validation lower bound
-    <output>/checkpoints/state.json         epoch, best validation bound and its epoch
+    <output>/checkpoints/state.json         a readable copy of the Progress in last.keras
     <output>/log.csv, <output>/tensorboard/ loss, lower bound and validation lower bound per epoch
     <output>/samples/                       PNG grids of samples and of sampling chains every few epochs
     <output>/saved_model/                   SavedModel of the best weights, written at the end
 
-The epoch a resumed run starts from is the optimizer's step count divided by the steps per epoch, both
-stored in last.keras, so it cannot disagree with the weights it resumes.
+Every file is written to a temporary name and renamed, so each one is always whole. After the epoch's log
+row and pictures, last.keras is replaced: that rename commits the epoch, and a run killed at any moment
+resumes from the newest committed epoch. Its epoch is the optimizer's step count divided by the steps per
+epoch, both stored in last.keras, so it cannot disagree with the weights it resumes; the best validation
+bound travels in the same file. On --resume the files written after a commit are brought level with it
+and the log rows of an unfinished epoch are dropped (_repair_run_folder). SIGINT and SIGTERM stop training
+at the next batch, or after the epoch's commit when they arrive during validation or the epoch's writes;
+the unfinished part of an epoch is lost, its committed epochs are not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import dataclasses
 import json
 import math
 import os
 import shutil
 import signal
-import sys
+import threading
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -32,8 +41,12 @@ from infusion_tf import visualize
 from infusion_tf.config import CONFIG_FILENAME, InfusionConfig, load_config, save_config
 from infusion_tf.model import InfusionModel
 
-__all__ = ["RunPaths", "check_output_dir", "create_output_dir", "load_training_data", "build_model", "CheckpointCallback",
-           "NonFiniteLossGuard", "SamplesCallback", "train"]
+__all__ = ["RunPaths", "Progress", "RESUMABLE_FIELDS", "TrainingInterrupted", "check_output_dir", "resume_config",
+           "create_output_dir", "load_training_data", "build_model", "CheckpointCallback", "NonFiniteLossGuard",
+           "SamplesCallback", "PatienceStopping", "StopOnSignal", "read_progress", "train"]
+
+RESUMABLE_FIELDS = ("epochs", "patience")  # what --resume may change; every other setting is the run's own
+_PROGRESS_ENTRY = "infusion_progress.json"  # the Progress, stored inside last.keras beside the weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,30 +70,71 @@ class RunPaths:
     saved_model = property(lambda self: self._join("saved_model"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a run stands after its last committed epoch; saved inside last.keras with the weights."""
+
+    epoch: int = 0  # complete epochs
+    best_val_lower_bound: float = -math.inf  # best validation lower bound so far, nats per example
+    best_epoch: int = -1  # the (1-based) epoch that reached it; -1: none yet
+
+    @property
+    def epochs_without_improvement(self) -> int:
+        return self.epoch - max(self.best_epoch, 0)
+
+
+def _differences(saved: InfusionConfig, config: InfusionConfig) -> list[str]:
+    """Fields outside RESUMABLE_FIELDS in which `config` differs from `saved`."""
+    new = config.to_dict()
+    return sorted(k for k, v in saved.to_dict().items() if k not in RESUMABLE_FIELDS and new[k] != v)
+
+
+def _check_resumable(output_dir: str, saved: InfusionConfig, config: InfusionConfig) -> None:
+    changed = _differences(saved, config)
+    if changed:
+        raise ValueError(f"--resume continues {output_dir!r} with its saved config.json; only "
+                         f"{', '.join('--' + f for f in RESUMABLE_FIELDS)} may change, but these differ: {changed}")
+
+
+def resume_config(output_dir: str, changes: dict | None = None) -> InfusionConfig:
+    """The saved config of the run in `output_dir` with `changes` ({field: value}) applied.
+
+    Raises: FileNotFoundError for a missing folder or config.json; ValueError naming every changed field
+    outside RESUMABLE_FIELDS, or a changed value out of range.
+    """
+    if not os.path.isdir(output_dir):
+        raise FileNotFoundError(f"--resume: run folder {output_dir!r} does not exist")
+    saved = load_config(output_dir)
+    config = dataclasses.replace(saved, **(changes or {}))
+    _check_resumable(output_dir, saved, config)
+    return config
+
+
 def check_output_dir(output_dir: str, config: InfusionConfig, *, resume: bool, overwrite: bool) -> None:
     """Refuses a path that is not a folder, a folder that holds another run (unless `overwrite`) and, with
-    `resume`, a config that is not the run's own (only `epochs` may change). Writes nothing."""
+    `resume`, a config that is not the run's own (only RESUMABLE_FIELDS may change). Writes nothing."""
     if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output folder {output_dir!r} exists and is not a folder")
     if resume:
         if not os.path.isdir(output_dir):
             raise FileNotFoundError(f"--resume: run folder {output_dir!r} does not exist")
-        saved = load_config(output_dir)
-        if dataclasses.replace(saved, epochs=config.epochs) != config:
-            changed = sorted(k for k, v in saved.to_dict().items() if k != "epochs" and config.to_dict()[k] != v)
-            raise ValueError(f"--resume continues {output_dir!r} with its saved config.json; only --epochs may "
-                             f"change, but these differ: {changed}")
+        _check_resumable(output_dir, load_config(output_dir), config)
     elif os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
         raise ValueError(f"output folder {output_dir!r} already holds files; pass --resume to continue "
                          f"that run or --overwrite to replace it")
 
 
 def create_output_dir(output_dir: str, config: InfusionConfig, *, overwrite: bool) -> None:
-    """Creates a new run folder (deleting an old one if `overwrite`) and writes config.json into it."""
+    """Creates a new run folder (deleting an old one if `overwrite`) and writes config.json into it.
+
+    config.json comes first: a run killed here leaves an empty folder (a new run may start in it) or one
+    that --resume continues.
+    """
     if overwrite and os.path.isdir(output_dir):
         shutil.rmtree(output_dir)
-    os.makedirs(RunPaths(output_dir).checkpoints, exist_ok=True)
+    os.makedirs(output_dir, exist_ok=True)
     save_config(config, output_dir)
+    os.makedirs(RunPaths(output_dir).checkpoints, exist_ok=True)
 
 
 def load_training_data(config: InfusionConfig, data_dir: str | None = None) -> data_lib.Splits:
@@ -122,56 +176,157 @@ def _write_json(path: str, values: dict) -> None:
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):
-    """Stops training at the first batch whose loss is NaN or infinite; the last checkpoint stays as it was."""
+    """Stops training at the first batch whose loss is NaN or infinite, or at the end of an epoch that left a
+    weight, a batch-norm statistic or an optimizer slot NaN or infinite (the loss can stay finite while the
+    moving statistics overflow). The checkpoint callback then writes nothing: the last one stays as it was.
+    `tripped` says what happened, e.g. "the loss became NaN or infinite at epoch 2, batch 3".
+    """
 
     def __init__(self):
         super().__init__()
-        self.tripped_at: tuple[int, int] | None = None
+        self.tripped: str | None = None
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if logs and not math.isfinite(float(logs.get("loss", 0.0))):
-            self.tripped_at = (self._epoch, batch)
+        if self.tripped is None and logs and not math.isfinite(float(logs.get("loss", 0.0))):
+            self.tripped = f"the loss became NaN or infinite at epoch {self._epoch + 1}, batch {batch + 1}"
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.tripped is not None:
+            return
+        variables = [*self.model.variables, *(self.model.optimizer.variables if self.model.optimizer else [])]
+        bad = [v.path for v in variables
+               if "float" in str(v.dtype) and not bool(keras.ops.all(keras.ops.isfinite(v.value)))]
+        if bad:
+            self.tripped = f"{bad[0]} became NaN or infinite in epoch {epoch + 1} (the loss stayed finite)"
             self.model.stop_training = True
 
 
-class CheckpointCallback(keras.callbacks.Callback):
-    """Each epoch: last.keras and last.weights.h5; best.weights.h5 when the validation bound improves."""
+def save_checkpoint(model: InfusionModel, path: str, progress: Progress) -> None:
+    """model.save(path) with `progress` added to the same .keras file (an entry Keras does not read)."""
+    model.save(path)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(_PROGRESS_ENTRY, json.dumps(dataclasses.asdict(progress)))
 
-    def __init__(self, paths: RunPaths, guard: NonFiniteLossGuard, best: float = -math.inf, best_epoch: int = -1):
+
+def read_progress(path: str) -> Progress | None:
+    """The Progress saved in a .keras checkpoint; None for one written without it (an older run)."""
+    with zipfile.ZipFile(path) as archive:
+        if _PROGRESS_ENTRY not in archive.namelist():
+            return None
+        return Progress(**json.loads(archive.read(_PROGRESS_ENTRY)))
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Each epoch: last.keras (the commit), then last.weights.h5, best.weights.h5 when the validation bound
+    improves, and state.json. Goes after the callbacks that log the epoch (see the module docstring)."""
+
+    def __init__(self, paths: RunPaths, guard: NonFiniteLossGuard, progress: Progress = Progress()):
         super().__init__()
-        self.paths, self.guard = paths, guard
-        self.best, self.best_epoch = best, best_epoch
+        self.paths, self.guard, self.progress = paths, guard, progress
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        if self.guard.tripped_at is not None or not math.isfinite(float(logs.get("loss", math.nan))):
+        if self.guard.tripped is not None or not math.isfinite(float(logs.get("loss", math.nan))):
             return
-        _atomic(self.model.save, self.paths.last)
-        _atomic(self.model.save_weights, self.paths.last_weights)
         bound = float(logs.get("val_lower_bound", logs.get("lower_bound", -math.inf)))
-        if math.isfinite(bound) and bound > self.best:
-            self.best, self.best_epoch = bound, epoch + 1
+        improved = math.isfinite(bound) and bound > self.progress.best_val_lower_bound
+        self.progress = Progress(epoch + 1, *((bound, epoch + 1) if improved else
+                                              (self.progress.best_val_lower_bound, self.progress.best_epoch)))
+        _atomic(lambda tmp: save_checkpoint(self.model, tmp, self.progress), self.paths.last)
+        _atomic(self.model.save_weights, self.paths.last_weights)
+        if improved:
             _atomic(self.model.save_weights, self.paths.best_weights)
-        _write_json(self.paths.state, {"epoch": epoch + 1, "best_val_lower_bound": self.best,
-                                       "best_epoch": self.best_epoch, "time": time.time()})
+        _write_state(self.paths, self.progress)
+
+
+def _write_state(paths: RunPaths, progress: Progress) -> None:
+    _write_json(paths.state, {**dataclasses.asdict(progress), "time": time.time()})
+
+
+class PatienceStopping(keras.callbacks.Callback):
+    """Early stopping: ends training once the validation bound has not improved for `patience` epochs.
+
+    Counts from the checkpoint callback's Progress, which a resumed run restores, so an interrupted run stops
+    at the same epoch as an uninterrupted one. Goes after the CheckpointCallback. patience None: never stops.
+    """
+
+    def __init__(self, checkpoint: CheckpointCallback, patience: int | None):
+        super().__init__()
+        self.checkpoint, self.patience = checkpoint, patience
+        self.stopped = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        progress = self.checkpoint.progress
+        if self.patience is not None and progress.epoch == epoch + 1 \
+                and progress.epochs_without_improvement >= self.patience:
+            self.stopped = True
+            self.model.stop_training = True
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM (`signum`); the message says where the run can resume from."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Turns SIGINT and SIGTERM into a clean stop; wrap the fit in `with stop.installed():`.
+
+    The handler only records the signal. TrainingInterrupted is raised from this callback at the next safe
+    point: at the start, after a training batch, or at the end of an epoch (put this callback last, after the
+    checkpoint is committed). Raising from the handler itself could land inside TensorFlow, h5py or a
+    finalizer, where the exception is swallowed or leaves a file half written. A second signal stops at once.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.signum: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Installs the handlers for the duration (main thread only: Python delivers signals there)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {signum: signal.signal(signum, self._record) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _record(self, signum, frame):
+        if self.signum is not None:
+            raise TrainingInterrupted(f"second {signal.Signals(signum).name}: stopped at once", signum)
+        self.signum = signum
+
+    def _stop_if_signalled(self, *args, **kwargs):
+        if self.signum is not None:
+            raise TrainingInterrupted(f"stopped by {signal.Signals(self.signum).name}", self.signum)
+
+    on_train_begin = on_epoch_begin = on_train_batch_end = on_epoch_end = _stop_if_signalled
 
 
 class SamplesCallback(keras.callbacks.Callback):
-    """Every `every` epochs and at the last one: a grid of samples and a grid of sampling chains (PNG)."""
+    """Every `every` epochs and at the last one: a grid of samples and a grid of sampling chains (PNG).
+    Nothing for an epoch in which `guard` tripped."""
 
     def __init__(self, paths: RunPaths, config: InfusionConfig, reference: np.ndarray | None = None,
-                 num_samples: int = 100, num_chains: int = 10):
+                 num_samples: int = 100, num_chains: int = 10, guard: NonFiniteLossGuard | None = None):
         super().__init__()
-        self.paths, self.config, self.reference = paths, config, reference
+        self.paths, self.config, self.reference, self.guard = paths, config, reference, guard
         self.num_samples, self.num_chains = num_samples, num_chains
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
-        if done % self.config.sample_every and done != self.config.epochs:
+        if (done % self.config.sample_every and done != self.config.epochs) or (self.guard and self.guard.tripped):
             return
         write_samples(self.model, self.paths.samples, tag=f"epoch{done:04d}", reference=self.reference,
                       num_samples=self.num_samples, num_chains=self.num_chains)
@@ -197,94 +352,136 @@ def write_samples(model: InfusionModel, folder: str, tag: str, reference=None, n
 
 
 def _resume_model(paths: RunPaths, config: InfusionConfig, steps_per_epoch: int):
-    """(model, initial_epoch, best, best_epoch) from last.keras, or None when the run has no checkpoint yet."""
+    """(model, Progress) from last.keras, or None when the run has no checkpoint yet.
+
+    Raises: ValueError for a file Keras cannot load, a model of another config than config.json, or a step
+    count that is not a whole number of epochs.
+    """
     if not os.path.isfile(paths.last):
         return None
     try:
         model = keras.models.load_model(paths.last)
+        progress = read_progress(paths.last)
     except Exception as e:  # Keras raises many types for a damaged or foreign file
-        raise ValueError(f"cannot resume from {paths.last}: {e}") from None
-    if dataclasses.replace(model.config, epochs=config.epochs) != config:
-        raise ValueError(f"{paths.last} was trained with another config than {paths.config}")
-    initial_epoch = int(model.optimizer.iterations.numpy()) // steps_per_epoch
-    state = {}
-    if os.path.isfile(paths.state):
-        with open(paths.state) as f:
-            state = json.load(f)
-    return model, initial_epoch, float(state.get("best_val_lower_bound", -math.inf)), int(state.get("best_epoch", -1))
+        detail = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ValueError(f"cannot resume from {paths.last}: {detail}") from None
+    if not isinstance(model, InfusionModel) or _differences(model.config, config):
+        changed = _differences(model.config, config) if isinstance(model, InfusionModel) else type(model).__name__
+        raise ValueError(f"{paths.last} holds a model of another architecture than {paths.config}: {changed}")
+    epoch, partial = divmod(int(model.optimizer.iterations.numpy()), steps_per_epoch)
+    if partial:
+        raise ValueError(f"{paths.last} stopped {partial} steps into an epoch of {steps_per_epoch} steps; it does "
+                         f"not belong to this run's data (train_examples, batch_size)")
+    if progress is None:  # a checkpoint of an older version: its state.json kept the best epoch
+        state = _read_json(paths.state) if os.path.isfile(paths.state) else {}
+        progress = Progress(epoch, float(state.get("best_val_lower_bound", -math.inf)), int(state.get("best_epoch", -1)))
+    if progress.epoch != epoch:
+        raise ValueError(f"{paths.last} is inconsistent: {progress.epoch} epochs recorded, {epoch} trained")
+    return model, progress
+
+
+def _repair_run_folder(paths: RunPaths, model: InfusionModel, progress: Progress) -> None:
+    """Brings the files written after last.keras level with it, after a run was killed between them.
+
+    Drops temporary files and the log rows of unfinished epochs; rewrites last.weights.h5, state.json, and
+    best.weights.h5 when the committed epoch is the best one (the kill may have come before it was written).
+    """
+    for name in os.listdir(paths.checkpoints):
+        if name.startswith(".tmp-"):
+            os.remove(os.path.join(paths.checkpoints, name))
+    _atomic(model.save_weights, paths.last_weights)
+    if progress.best_epoch == progress.epoch:
+        _atomic(model.save_weights, paths.best_weights)
+    _write_state(paths, progress)
+    if os.path.isfile(paths.log):
+        with open(paths.log, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) < progress.epoch]  # column 0: epoch
+        if kept != rows:
+            _atomic(lambda tmp: _write_rows(tmp, kept), paths.log)
+
+
+def _write_rows(path: str, rows: list[list[str]]) -> None:
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
 
 
 def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = None, resume: bool = False,
           overwrite: bool = False, verbose: int | str = 1, callbacks=(), export: bool = True) -> keras.callbacks.History:
     """Trains a model as `config` says, writing everything listed in this module's docstring into `output_dir`.
 
-    Raises: ValueError / FileNotFoundError for bad settings or data (before anything is written where
-    possible); FloatingPointError if the loss becomes NaN or infinite (the last good checkpoint stays).
+    Stops after config.epochs, or earlier when the validation bound has not improved for config.patience
+    epochs. Raises: ValueError / FileNotFoundError for bad settings, data or checkpoints, before anything is
+    written; FloatingPointError if the loss becomes NaN or infinite (the last good checkpoint stays);
+    TrainingInterrupted after SIGINT or SIGTERM, once what is complete is saved.
     """
     check_output_dir(output_dir, config, resume=resume, overwrite=overwrite)
     splits = load_training_data(config, data_dir)  # bad data fail here, before the folder is created
-    if not resume:
-        create_output_dir(output_dir, config, overwrite=overwrite)
-    else:
-        save_config(config, output_dir)  # a resumed run may extend --epochs
     paths = RunPaths(output_dir)
     # make_train_dataset drops the last partial batch; it also rejects a set smaller than one batch.
     steps_per_epoch = max(1, len(splits.train) // config.batch_size)
     resumed = _resume_model(paths, config, steps_per_epoch) if resume else None
-    if resumed is None:
-        model, initial_epoch, best, best_epoch = build_model(config, splits.train), 0, -math.inf, -1
+    if not resume:
+        create_output_dir(output_dir, config, overwrite=overwrite)
     else:
-        model, initial_epoch, best, best_epoch = resumed
-    if initial_epoch >= config.epochs:
-        print(f"run in {output_dir} already trained {initial_epoch} epochs (--epochs {config.epochs})")
+        save_config(config, output_dir)  # a resumed run may change RESUMABLE_FIELDS
+        os.makedirs(paths.checkpoints, exist_ok=True)
+    if resumed is None:
+        model, progress = build_model(config, splits.train), Progress()
+    else:
+        model, progress = resumed
+        _repair_run_folder(paths, model, progress)
+    finished = progress.epoch >= config.epochs or (
+        config.patience is not None and progress.epochs_without_improvement >= config.patience)
+    if finished:
+        print(f"run in {output_dir} already finished: {progress.epoch} epochs (--epochs {config.epochs}), best "
+              f"epoch {progress.best_epoch} (--patience {config.patience})")
+        if export and not os.path.isfile(os.path.join(paths.saved_model, "saved_model.pb")):
+            _export_best(model, paths)  # the run was stopped while exporting
         return keras.callbacks.History()
     train_ds, _ = data_lib.make_train_dataset(splits.train, config.batch_size, seed=config.seed,
-                                              dequantize=config.dequantize, initial_epoch=initial_epoch,
+                                              dequantize=config.dequantize, initial_epoch=progress.epoch,
                                               epochs=config.epochs)
     val_ds = data_lib.make_eval_dataset(splits.validation, config.batch_size, seed=config.seed + 1,
                                         dequantize=config.dequantize)
     guard = NonFiniteLossGuard()
+    checkpoint = CheckpointCallback(paths, guard, progress)
+    patience, stop = PatienceStopping(checkpoint, config.patience), StopOnSignal()
     reference = splits.train[:2000] if len(config.example_shape) == 1 else None
-    all_callbacks = [
-        guard,
-        CheckpointCallback(paths, guard, best, best_epoch),
-        keras.callbacks.CSVLogger(paths.log, append=initial_epoch > 0),
-        keras.callbacks.TensorBoard(paths.tensorboard, write_graph=False, profile_batch=0),
-        SamplesCallback(paths, config, reference),
-        *callbacks,
-    ]
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        history = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-                            steps_per_epoch=steps_per_epoch, validation_data=val_ds, callbacks=all_callbacks,
-                            verbose=verbose, shuffle=False)
-    except KeyboardInterrupt:
-        epoch = _saved_epoch(paths)
-        print(f"\ninterrupted; the last complete checkpoint is epoch {epoch} in {paths.checkpoints}; "
-              f"continue with --resume --output-dir {output_dir}", file=sys.stderr)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if guard.tripped_at is not None:
-        epoch, batch = guard.tripped_at
-        raise FloatingPointError(
-            f"the loss became NaN or infinite at epoch {epoch + 1}, batch {batch + 1}; training stopped. The last "
-            f"good checkpoint (epoch {_saved_epoch(paths)}) is in {paths.checkpoints}; try a smaller "
-            f"--learning-rate (now {config.learning_rate})")
+    loggers = [keras.callbacks.CSVLogger(paths.log, append=progress.epoch > 0),
+               keras.callbacks.TensorBoard(paths.tensorboard, write_graph=False, profile_batch=0)]
+    # Order matters: the epoch is logged and drawn, then committed, then early stopping and signals act.
+    all_callbacks = [guard, *loggers, SamplesCallback(paths, config, reference, guard=guard), *callbacks, checkpoint,
+                     patience, stop]
+    with stop.installed():
+        try:
+            history = model.fit(train_ds, epochs=config.epochs, initial_epoch=progress.epoch,
+                                steps_per_epoch=steps_per_epoch, validation_data=val_ds, callbacks=all_callbacks,
+                                verbose=verbose, shuffle=False)
+        except KeyboardInterrupt as e:
+            for logger in loggers:  # fit does not end its callbacks on an exception: flush and close the logs
+                logger.on_train_end()
+            signum = getattr(e, "signum", signal.SIGINT)
+            raise TrainingInterrupted(
+                f"interrupted by {signal.Signals(signum).name}; the last complete checkpoint is epoch "
+                f"{checkpoint.progress.epoch} in {paths.checkpoints} (an unfinished epoch is not saved); continue "
+                f"with --resume --output-dir {output_dir}", signum) from None
+    if guard.tripped is not None:
+        saved = (f"the last good checkpoint (epoch {checkpoint.progress.epoch}) is in {paths.checkpoints}"
+                 if checkpoint.progress.epoch else "no epoch was complete, nothing was saved")
+        raise FloatingPointError(f"{guard.tripped}; training stopped, {saved}; try a smaller --learning-rate "
+                                 f"(now {config.learning_rate})")
+    if patience.stopped and verbose:
+        print(f"early stopping after epoch {checkpoint.progress.epoch}: the validation lower bound has not improved "
+              f"since epoch {checkpoint.progress.best_epoch} (--patience {config.patience})")
     if export:
         _export_best(model, paths)
     return history
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _saved_epoch(paths: RunPaths) -> int:
-    if not os.path.isfile(paths.state):
-        return 0
-    with open(paths.state) as f:
-        return int(json.load(f).get("epoch", 0))
 
 
 def _export_best(model: InfusionModel, paths: RunPaths) -> None:
