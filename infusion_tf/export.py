@@ -10,9 +10,12 @@
 Both signatures run the model sampling chain (Section 2.2, `chains.sampling_chain`) with the moving
 batch-normalization statistics and return the last step's means, as the paper's figures do. Seed s is
 the stateless seed [s, 0], so `sample` equals `model.sample(n, steps, seed=s)`. Requests are checked in
-the graph (`tf.errors.InvalidArgumentError` with a readable message): 1 <= batch <= max_samples,
-num_steps >= 1, images in [0, 1], mask values in {0, 1}, images and mask of one shape. The operator runs
-on at most `chunk_size` examples at a time, so activations stay bounded for any allowed batch.
+the graph before any work (`tf.errors.InvalidArgumentError` with a readable message):
+1 <= batch <= max_samples (default 1024), 1 <= num_steps <= max_steps (default 1000), images and mask of
+shape [batch, *example_shape], images in [0, 1], mask values in {0, 1}. Arguments of another dtype are
+refused when the function binds them (TypeError; through `signatures[...]`, InvalidArgumentError), except
+that Python numbers and numpy arrays are converted. The operator runs on at most `chunk_size` examples at
+a time, so activations stay bounded for any allowed batch; one loaded SavedModel serves concurrent calls.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ import tensorflow as tf
 
 from infusion_tf import chains
 from infusion_tf.checkpoint import find_weights, load_checkpoint
+from infusion_tf.cli import OneLineErrorParser
 from infusion_tf.model import InfusionModel
 
 __all__ = ["export_saved_model", "export_from_checkpoint", "find_weights", "main", "DEFAULT_MAX_SAMPLES",
-           "CHUNK_SIZE"]
+           "DEFAULT_MAX_STEPS", "CHUNK_SIZE"]
 
 DEFAULT_MAX_SAMPLES = 1024  # largest batch one request may ask for; the output alone is n * d floats
+DEFAULT_MAX_STEPS = 1000  # longest chain one request may ask for (the paper samples 30 steps), bounding its time
 CHUNK_SIZE = 256  # examples per operator call inside a request
 SAVED_MODEL_DIRNAME = "saved_model"
 
@@ -65,7 +70,7 @@ def _checked(value, checks):
         return tf.identity(value)
 
 
-def _sampling_functions(model: InfusionModel, max_samples: int, chunk_size: int):
+def _sampling_functions(model: InfusionModel, max_samples: int, chunk_size: int, max_steps: int):
     """The two endpoints: sample(num_samples, num_steps, seed) and inpaint(images, mask, num_steps, seed)."""
     operator = _chunked_operator(model.operator, chunk_size)
     shape = tuple(model.config.example_shape)
@@ -73,7 +78,18 @@ def _sampling_functions(model: InfusionModel, max_samples: int, chunk_size: int)
     image_spec = lambda name: tf.TensorSpec([None, *shape], tf.float32, name=name)  # noqa: E731
 
     def check_steps(num_steps):
-        return tf.debugging.assert_greater_equal(num_steps, 1, message="num_steps must be >= 1")
+        return [tf.debugging.assert_greater_equal(num_steps, 1, message="num_steps must be >= 1"),
+                tf.debugging.assert_less_equal(num_steps, max_steps, message=(
+                    f"num_steps must be <= {max_steps}, the limit set at export (max_steps)"))]
+
+    def check_shape(value, name):
+        # A concrete signature does not check its inputs against their static shape [None, *shape], and
+        # the static rank lets TensorFlow fold a rank test away: compare the dimensions as one string.
+        dims = tf.shape(value)
+        matches = tf.equal(tf.strings.reduce_join(tf.strings.as_string(dims[1:]), separator=","),
+                           ",".join(map(str, shape)))
+        return tf.debugging.Assert(matches, [f"{name} must have shape [batch, {', '.join(map(str, shape))}], got",
+                                             dims])
 
     def check_batch(n, name):
         return [tf.debugging.assert_greater_equal(n, 1, message=f"{name} must be >= 1"),
@@ -89,16 +105,18 @@ def _sampling_functions(model: InfusionModel, max_samples: int, chunk_size: int)
 
     def sample(num_samples, num_steps, seed):
         """num_samples, num_steps, seed: int32 scalars -> {"images": float32 [num_samples, *example_shape]}."""
-        checks = check_batch(num_samples, "num_samples") + [check_steps(num_steps)]
+        checks = check_batch(num_samples, "num_samples") + check_steps(num_steps)
         return run_chain(_checked(num_samples, checks), _checked(num_steps, checks), seed)
 
     def inpaint(images, mask, num_steps, seed):
         """images, mask: float32 [B, *example_shape]; mask = 1 marks known pixels -> {"images": [B, ...]}."""
         checks = [
+            check_shape(images, "images"),
+            check_shape(mask, "mask"),
             tf.debugging.assert_equal(tf.shape(images), tf.shape(mask),
                                       message="images and mask must have the same shape"),
             *check_batch(tf.shape(images)[0], "the batch size of images"),
-            check_steps(num_steps),
+            *check_steps(num_steps),
             tf.debugging.assert_greater_equal(images, 0.0, message="images must be in [0, 1]"),
             tf.debugging.assert_less_equal(images, 1.0, message="images must be in [0, 1]"),
             tf.debugging.Assert(tf.reduce_all((mask == 0.0) | (mask == 1.0)),
@@ -124,22 +142,22 @@ def _clear_destination(path: str, remove: bool = True) -> None:
 
 
 def export_saved_model(model: InfusionModel, path: str, max_samples: int = DEFAULT_MAX_SAMPLES, *,
-                       chunk_size: int = CHUNK_SIZE) -> str:
+                       chunk_size: int = CHUNK_SIZE, max_steps: int = DEFAULT_MAX_STEPS) -> str:
     """Writes a SavedModel with the `sample` and `inpaint` signatures (module docstring); returns `path`.
 
     The SavedModel holds the model's variables and core TensorFlow ops only (no Keras or TFP objects).
     It is written to `path + ".tmp"` and renamed to `path`, replacing an earlier export there.
-    Raises: ValueError if max_samples or chunk_size is not an integer >= 1, or `path` holds something
-    other than a SavedModel.
+    Raises: ValueError if max_samples, chunk_size or max_steps is not an integer >= 1, or `path` holds
+    something other than a SavedModel.
     """
-    for name, value in (("max_samples", max_samples), ("chunk_size", chunk_size)):
+    for name, value in (("max_samples", max_samples), ("chunk_size", chunk_size), ("max_steps", max_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     path = os.fspath(path).rstrip(os.sep) or os.sep
     _clear_destination(path, remove=False)  # fail before the export's work, not after it
     archive = keras.export.ExportArchive()
     archive.track(model)
-    for fn, signature in _sampling_functions(model, max_samples, min(chunk_size, max_samples)):
+    for fn, signature in _sampling_functions(model, max_samples, min(chunk_size, max_samples), max_steps):
         archive.add_endpoint(fn.__name__, fn, input_signature=signature)
     tmp = path + ".tmp"
     _clear_destination(tmp)
@@ -154,7 +172,7 @@ def export_saved_model(model: InfusionModel, path: str, max_samples: int = DEFAU
 
 
 def export_from_checkpoint(checkpoint_dir: str, output: str | None = None, *, weights: str | None = None,
-                           max_samples: int = DEFAULT_MAX_SAMPLES) -> str:
+                           max_samples: int = DEFAULT_MAX_SAMPLES, max_steps: int = DEFAULT_MAX_STEPS) -> str:
     """Rebuilds the model of a run folder (config.json + weights) and exports it; returns the export path.
 
     output defaults to `<checkpoint_dir>/saved_model`; `weights` as in `find_weights`.
@@ -164,15 +182,17 @@ def export_from_checkpoint(checkpoint_dir: str, output: str | None = None, *, we
     model = load_checkpoint(checkpoint_dir, weights)
     if output is None:
         output = os.path.join(checkpoint_dir, SAVED_MODEL_DIRNAME)
-    return export_saved_model(model, output, max_samples)
+    return export_saved_model(model, output, max_samples, max_steps=max_steps)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m infusion_tf.export --checkpoint DIR [--weights best|last|PATH] [--output PATH] [--max-samples N]`.
+    """`python -m infusion_tf.export --checkpoint DIR [--weights best|last|PATH] [--output PATH] [--max-samples N]
+    [--max-steps N]`.
 
-    Prints the export path; on a missing or mismatched checkpoint prints `error: ...` and exits with status 2.
+    Prints the export path; on bad flags or a missing or mismatched checkpoint prints one `error: ...` line
+    and exits with status 2, writing nothing.
     """
-    parser = argparse.ArgumentParser(prog="python -m infusion_tf.export", description=(
+    parser = OneLineErrorParser(prog="python -m infusion_tf.export", description=(
         "Export a trained infusion model as a SavedModel with 'sample' and 'inpaint' signatures."))
     parser.add_argument("--checkpoint", required=True, help="run folder holding config.json and checkpoints/")
     parser.add_argument("--weights", default=None,
@@ -180,10 +200,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=None, help="SavedModel folder (default: CHECKPOINT/saved_model)")
     parser.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES,
                         help=f"largest batch one request may ask for (default {DEFAULT_MAX_SAMPLES})")
+    parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
+                        help=f"longest chain one request may ask for (default {DEFAULT_MAX_STEPS})")
     args = parser.parse_args(argv)
     try:
         path = export_from_checkpoint(args.checkpoint, args.output, weights=args.weights,
-                                      max_samples=args.max_samples)
+                                      max_samples=args.max_samples, max_steps=args.max_steps)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

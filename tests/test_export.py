@@ -266,3 +266,134 @@ def test_export_from_checkpoint_paths(model, run_folder, tmp_path):
     os.remove(explicit)
     with pytest.raises(FileNotFoundError, match="last.weights.h5"):
         export_from_checkpoint(str(run_folder))
+
+
+# --- requests that must fail cleanly, bounded work per request, concurrent callers
+
+_BAD_REQUESTS = """
+import numpy as np
+import tensorflow as tf
+
+loaded = tf.saved_model.load(PATH)
+x = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype(np.float32)
+mask = np.zeros_like(x)
+mask[:, :14] = 1.0
+sig_sample, sig_inpaint = loaded.signatures["sample"], loaded.signatures["inpaint"]
+t = lambda value, dtype=None: tf.constant(value, dtype)  # noqa: E731
+BAD = [  # (name, call, words of the error message)
+    ("num_samples 0", lambda: loaded.sample(num_samples=0, num_steps=3, seed=0), "num_samples must be >= 1"),
+    ("num_samples -4", lambda: loaded.sample(num_samples=-4, num_steps=3, seed=0), "num_samples must be >= 1"),
+    ("num_samples above the limit", lambda: loaded.sample(num_samples=MAX + 1, num_steps=3, seed=0),
+     "num_samples must be <= %d" % MAX),
+    ("num_samples 2**31 - 1", lambda: loaded.sample(num_samples=2**31 - 1, num_steps=3, seed=0), "must be <="),
+    ("num_samples float", lambda: loaded.sample(num_samples=2.5, num_steps=3, seed=0), "int32"),
+    ("num_samples int64 tensor", lambda: loaded.sample(num_samples=t(2, tf.int64), num_steps=3, seed=0), "int32"),
+    ("num_samples vector", lambda: loaded.sample(num_samples=[2, 3], num_steps=3, seed=0), "shape"),
+    ("num_samples float, signature", lambda: sig_sample(num_samples=t(2.0), num_steps=t(3), seed=t(0)), "int32"),
+    ("num_steps 0", lambda: loaded.sample(num_samples=2, num_steps=0, seed=0), "num_steps must be >= 1"),
+    ("num_steps above the limit", lambda: loaded.sample(num_samples=1, num_steps=10**6, seed=0),
+     "num_steps must be <= 1000"),
+    ("missing argument, signature", lambda: sig_sample(num_samples=t(2), seed=t(0)), "num_steps"),
+    ("images float64 tensor", lambda: loaded.inpaint(images=t(x, tf.float64), mask=mask, num_steps=3, seed=0),
+     "float64"),
+    ("images float64, signature", lambda: sig_inpaint(images=t(x, tf.float64), mask=t(mask), num_steps=t(3),
+                                                      seed=t(0)), "double"),
+    ("images uint8", lambda: loaded.inpaint(images=(x * 255).astype(np.uint8), mask=mask, num_steps=3, seed=0),
+     "images must be in [0, 1]"),
+    ("images 27 x 28", lambda: loaded.inpaint(images=x[:, :27], mask=mask[:, :27], num_steps=3, seed=0), "27"),
+    ("images rank 3", lambda: loaded.inpaint(images=x[..., 0], mask=mask[..., 0], num_steps=3, seed=0), "shape"),
+    ("images 27 x 28, signature", lambda: sig_inpaint(images=t(x[:, :27]), mask=t(mask[:, :27]), num_steps=t(3),
+                                                      seed=t(0)), "images must have shape [batch, 28, 28, 1]"),
+    ("images rank 3, signature", lambda: sig_inpaint(images=t(x[..., 0]), mask=t(mask[..., 0]), num_steps=t(3),
+                                                     seed=t(0)), "images must have shape [batch, 28, 28, 1]"),
+    ("images rank 5, signature", lambda: sig_inpaint(images=t(x[..., None]), mask=t(mask[..., None]),
+                                                     num_steps=t(3), seed=t(0)), "must have shape"),
+    ("images NaN", lambda: loaded.inpaint(images=np.full_like(x, np.nan), mask=mask, num_steps=3, seed=0),
+     "images must be in [0, 1]"),
+    ("images above 1", lambda: loaded.inpaint(images=x + 1.0, mask=mask, num_steps=3, seed=0),
+     "images must be in [0, 1]"),
+    ("mask 0.5", lambda: loaded.inpaint(images=x, mask=mask * 0.5, num_steps=3, seed=0), "mask values must be 0"),
+    ("mask 2", lambda: loaded.inpaint(images=x, mask=mask * 2, num_steps=3, seed=0), "mask values must be 0"),
+    ("mask NaN", lambda: loaded.inpaint(images=x, mask=np.full_like(x, np.nan), num_steps=3, seed=0),
+     "mask values must be 0"),
+    ("mask of another batch", lambda: loaded.inpaint(images=x, mask=mask[:1], num_steps=3, seed=0), "same shape"),
+    ("empty batch", lambda: loaded.inpaint(images=x[:0], mask=mask[:0], num_steps=3, seed=0),
+     "the batch size of images must be >= 1"),
+    ("batch above the limit", lambda: loaded.inpaint(images=np.repeat(x, MAX, 0), mask=np.repeat(mask, MAX, 0),
+                                                     num_steps=1, seed=0), "must be <= %d" % MAX),
+]
+for name, call, words in BAD:
+    try:
+        call()
+    except (TypeError, ValueError, tf.errors.InvalidArgumentError) as e:
+        message = getattr(e, "message", str(e))
+        assert words in message, (name, message[:2000])
+    else:
+        raise AssertionError("no error for " + name)
+# The model still answers a good request after all of them.
+good = loaded.inpaint(images=x, mask=mask, num_steps=3, seed=1)["images"].numpy()
+assert good.shape == x.shape and np.isfinite(good).all()
+np.testing.assert_array_equal(good[:, :14], x[:, :14])
+print("%d bad requests refused" % len(BAD))
+"""
+
+
+def test_bad_requests_are_refused_with_clear_errors_in_a_fresh_process(exported):
+    """Wrong shapes, dtypes, ranges and masks, through the functions and the signatures: a Python exception
+    naming the problem for each (in a fresh process, so a crash would show as a failed process)."""
+    script = f"PATH, MAX = {exported!r}, {MAX_SAMPLES}\n" + textwrap.dedent(_BAD_REQUESTS)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "27 bad requests refused" in result.stdout
+
+
+def test_the_operator_sees_at_most_chunk_size_examples(model):
+    """A request of n examples runs the operator on chunks of at most chunk_size rows (bounded activations),
+    with the same result as one call on all n (moving batch-norm statistics act per example)."""
+    from infusion_tf.export import _chunked_operator
+
+    rows = tf.Variable(0)
+
+    def recording(z, step, **kwargs):
+        rows.assign(tf.maximum(rows, tf.shape(z)[0]))
+        return model.operator(z, step=step)
+
+    z = tf.constant(_images(300, seed=4))
+    for chunk_size, largest in ((64, 60), (256, 150), (512, 300)):  # 300 rows in 5, 2 and 1 balanced chunks
+        rows.assign(0)
+        mean, variance = _chunked_operator(recording, chunk_size)(z, tf.constant(1))
+        assert int(rows.numpy()) == largest
+        expected_mean, expected_variance = model.operator(z, step=1)
+        np.testing.assert_allclose(mean.numpy(), expected_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(variance.numpy(), expected_variance.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_eight_threads_mixing_sample_and_inpaint_get_single_threaded_results(loaded):
+    x = _images(4, seed=5)
+    mask = (np.random.default_rng(6).uniform(size=x.shape) < 0.5).astype(np.float32)
+    requests = {s: (lambda s=s: loaded.sample(num_samples=8, num_steps=4, seed=s)["images"].numpy()) if s % 2 else
+                (lambda s=s: loaded.inpaint(images=x, mask=mask, num_steps=4, seed=s)["images"].numpy())
+                for s in range(8)}
+    expected = {s: request() for s, request in requests.items()}
+    results, errors = {s: [] for s in requests}, []
+    barrier = threading.Barrier(len(requests))
+
+    def worker(s):
+        try:
+            barrier.wait()
+            for _ in range(3):
+                results[s].append(requests[s]())
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in requests]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for s in requests:
+        assert len(results[s]) == 3
+        for images in results[s]:
+            np.testing.assert_array_equal(images, expected[s])
