@@ -20,7 +20,6 @@ a time, so activations stay bounded for any allowed batch; one loaded SavedModel
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
