@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from infusion_tf.cli import OneLineErrorParser  # usage errors: one `error: ...` line, exit status 2
+
 __all__ = ["ESTIMATORS", "EvalSettings", "evaluate", "eval_parser", "main"]
 
 ESTIMATORS = ("lower_bound", "importance_sampling", "isotropic", "parzen", "sample_quality")
@@ -247,7 +249,7 @@ def _print_table(result: dict) -> None:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eval/run.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="eval/run.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="run folder (config.json + weights)")
     parser.add_argument("--estimator", default="lower_bound", help=f"one of {', '.join(ESTIMATORS)}")
     for field in dataclasses.fields(EvalSettings):

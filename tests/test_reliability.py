@@ -639,3 +639,24 @@ def test_early_stopping_counts_across_resume(tmp_path):
     assert not again.weights and not history.history
     assert {k: v for k, v in snapshot(run / "checkpoints").items() if k != "state.json"} == \
         {k: v for k, v in before.items() if k != "state.json"}
+
+
+@pytest.mark.parametrize("command, argv, words", [
+    ("eval", ["--k", "abc"], ["--k", "abc"]),
+    ("eval", ["--k", "0"], ["k (chains per example) must be >= 1"]),
+    ("eval", ["--estimator", "ais"], ["unknown estimator 'ais'"]),
+    ("export", ["--max-samples", "0"], ["max_samples must be an integer >= 1"]),
+    ("export", ["--max-steps", "many"], ["--max-steps", "many"]),
+])
+def test_eval_and_export_flags_out_of_range_give_one_error_line(reference, tmp_path, command, argv, words):
+    run = copy_run(reference["run"], tmp_path / "run")
+    before = snapshot(run)
+    main = evaluate.main if command == "eval" else export.main
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            status = main(["--checkpoint", str(run), *argv, "--output", str(tmp_path / "out")])
+        except SystemExit as e:
+            status = e.code
+    assert_one_error_line(status, stderr.getvalue(), *words)
+    assert snapshot(run) == before and not (tmp_path / "out").exists()
