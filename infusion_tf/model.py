@@ -53,6 +53,11 @@ class InfusionModel(keras.Model):
         # resumed run continues the same random stream.
         self.rng_counter = self.add_weight(name="rng_counter", shape=(), dtype="int64", initializer="zeros",
                                            trainable=False, aggregation="only_first_replica")
+        # The denoising train_step can draw the chain first and then score all T steps as one batch of T * B
+        # rows: the same update, with one more forward pass but T times fewer, larger operations. That pays
+        # where matrix products are cheap next to the per-operation overhead (bfloat16 on AMX: 1.35x faster)
+        # and not where they dominate (float32 on 2 cores: 10% slower); docs/performance.md. Settable.
+        self.score_steps_together = config.precision == "mixed_bfloat16"
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.bound_tracker = keras.metrics.Mean(name="lower_bound")
         self.built = True
@@ -118,18 +123,19 @@ class InfusionModel(keras.Model):
         x = self._images(data)
         seed = self._next_seed()
         denoising = self.config.objective == "denoising"
-        if denoising:
-            # No gradient flows through the chain's draws (Section 2.3.2), so draw them first, outside the
-            # tape, and score all T steps in one batch: the same terms, with T times larger matrix products.
+        together = denoising and self.score_steps_together
+        if together:
+            # No gradient flows through the chain's draws (Section 2.3.2), so they can be drawn first, outside
+            # the tape, and all T steps scored in one batch: the same terms, with T times larger products.
             z_tilde = chains.infusion_trajectory(self.operator, x, self.prior_mean, self.prior_variance,
                                                  self.alpha, self.config.delta_variance, seed)  # [T, B, ...]
         with tf.GradientTape() as tape:
-            if denoising:
+            if together:
                 terms = chains.score_infusion_chain(self.operator, x, z_tilde, self.prior_mean, self.prior_variance,
                                                     self.alpha, self.config.delta_variance, update_statistics=True)
             else:
                 terms = self.chain_terms(x, seed, use_batch_statistics=True, update_statistics=True,
-                                         stop_gradient=False)
+                                         stop_gradient=denoising)
             per_example = self.objective(terms)  # [B]
             # Mean over the global batch: each replica holds 1 / num_replicas of it, and the optimizer
             # sums the replicas' gradients.
