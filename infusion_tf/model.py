@@ -54,10 +54,11 @@ class InfusionModel(keras.Model):
         self.rng_counter = self.add_weight(name="rng_counter", shape=(), dtype="int64", initializer="zeros",
                                            trainable=False, aggregation="only_first_replica")
         # The denoising train_step can draw the chain first and then score all T steps as one batch of T * B
-        # rows: the same update, with one more forward pass but T times fewer, larger operations. That pays
-        # where matrix products are cheap next to the per-operation overhead (bfloat16 on AMX: 1.35x faster)
-        # and not where they dominate (float32 on 2 cores: 10% slower); docs/performance.md. Settable.
-        self.score_steps_together = config.precision == "mixed_bfloat16"
+        # rows: the same update, with one more forward pass but T times fewer, larger operations. Measured
+        # on 2 CPU cores (docs/performance.md), that pays only where matrix products are cheap next to the
+        # per-operation overhead: bfloat16 at batch 100 (1.2x faster); not float32 (7% slower), not bfloat16
+        # at batch 512 (1.36x slower). Settable.
+        self.score_steps_together = config.precision == "mixed_bfloat16" and config.batch_size <= 256
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.bound_tracker = keras.metrics.Mean(name="lower_bound")
         self.built = True

@@ -95,6 +95,7 @@ def test_denoising_train_step_gradient_equals_the_step_by_step_chain(mnist_image
     by_step, at_once = _model(mnist_images), _model(mnist_images)
     assert not at_once.score_steps_together  # float32 scores step by step; mixed_bfloat16 all at once
     assert _model(mnist_images, precision="mixed_bfloat16").score_steps_together
+    assert not _model(mnist_images, precision="mixed_bfloat16", batch_size=512).score_steps_together
     at_once.score_steps_together = True
     by_step.rng_counter.assign(5)  # both draw the seed of counter 6
     with tf.GradientTape() as tape:

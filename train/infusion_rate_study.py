@@ -139,7 +139,7 @@ def main(argv=None) -> int:
             epochs = list(csv.DictReader(f))
         rows.append({"name": name, "num_steps": num_steps, "alpha0": alpha0, "omega": omega, "paper": paper,
                      "test_lower_bound": result["mean_nats"], "std": result["std_nats"],
-                     "best_epoch": state["best_epoch"] + 1, "epochs": len(epochs),
+                     "best_epoch": state["best_epoch"], "epochs": len(epochs),
                      "train_minutes": _train_minutes(folder),
                      "validation_curve": _validation_curve(folder)})
         write_report(args.output_dir, rows, args)
