@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SCRIPTS = ("train_step", "input_pipeline", "evaluation", "serving", "memory")
+SCRIPTS = ("train_step", "input_pipeline", "evaluation", "serving", "memory", "breakdown")
 
 
 def _main_metric(row: dict) -> str:
