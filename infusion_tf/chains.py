@@ -47,19 +47,13 @@ def gaussian_log_prob(z: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor) -> tf.
     return tfd.Normal(loc=mean, scale=tf.sqrt(variance)).log_prob(z)
 
 
-# The elementwise density math of a whole batch is compiled by XLA into a few fused loops, about 2.5 times
-# faster on CPU than one kernel per operation (docs/performance.md); the operator's matrix products stay
-# outside, with oneDNN. Python arguments (batch_dims, delta_variance) are part of the trace key.
-_fused = tf.function(jit_compile=True)
 
 
-@_fused
 def _target_log_prob(x, mean, variance, batch_dims: int = 1) -> tf.Tensor:
     """log p(t)(x | z~(t-1)) = sum_i log N(x_i; mean_i, variance_i): the denoising term. Returns [*batch]."""
     return _sum_dims(gaussian_log_prob(x, mean, variance), batch_dims)
 
 
-@_fused
 def _draw_log_probs(z, x, mean, variance, alpha_t, delta_variance: float, batch_dims: int = 1):
     """(log p(t)(z | .), log q(t)(z | ., x)) of a draw z~(t) whose model component is N(mean, variance).
 
@@ -89,15 +83,12 @@ def infusion_sample(x, p_mean, p_variance, alpha_t, delta_variance: float, seed:
     Returns: [B, ...].
     """
     mask_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    # The random numbers come from TensorFlow's kernels (XLA's are several times slower on CPU); the
-    # arithmetic that mixes them is fused.
     uniform = tf.random.stateless_uniform(tf.shape(x), mask_seed)
     noise = tf.random.stateless_normal(tf.shape(x), noise_seed)
     p_mean, p_variance = tf.convert_to_tensor(p_mean), tf.convert_to_tensor(p_variance)  # Keras variables too
     return _mixture_draw(uniform, noise, x, p_mean, p_variance, tf.cast(alpha_t, tf.float32), delta_variance)
 
 
-@_fused
 def _mixture_draw(uniform, noise, x, p_mean, p_variance, alpha_t, delta_variance: float) -> tf.Tensor:
     """Pixel i from N(x_i, delta) where uniform_i < alpha(t), else from N(p_mean_i, p_variance_i). [B, ...]"""
     return tf.where(uniform < alpha_t, x + math.sqrt(delta_variance) * noise, p_mean + tf.sqrt(p_variance) * noise)
