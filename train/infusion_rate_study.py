@@ -133,15 +133,11 @@ def main(argv=None) -> int:
             continue
         folder = train_row(args.output_dir, name, num_steps, alpha0, omega, args)
         result = evaluate_row(folder, args)
-        with open(os.path.join(folder, "checkpoints", "state.json")) as f:
-            state = json.load(f)
-        with open(os.path.join(folder, "log.csv")) as f:
-            epochs = list(csv.DictReader(f))
+        curve = _validation_curve(folder)
         rows.append({"name": name, "num_steps": num_steps, "alpha0": alpha0, "omega": omega, "paper": paper,
                      "test_lower_bound": result["mean_nats"], "std": result["std_nats"],
-                     "best_epoch": state["best_epoch"], "epochs": len(epochs),
-                     "train_minutes": _train_minutes(folder),
-                     "validation_curve": _validation_curve(folder)})
+                     "best_epoch": 1 + max(range(len(curve)), key=curve.__getitem__), "epochs": len(curve),
+                     "train_minutes": _train_minutes(folder), "validation_curve": curve})
         write_report(args.output_dir, rows, args)
     return 0
 
