@@ -27,9 +27,7 @@ import datetime
 import json
 import math
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +40,8 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from infusion_tf.provenance import environment  # noqa: E402
 
 __all__ = ["REPO", "RESULTS_DIR", "PEAK_SIZES", "matmul_peak", "measure_peaks", "operator_forward_flops",
            "environment", "peak_rss_mb", "write_results", "read_results", "print_table", "base_parser",
@@ -113,59 +113,6 @@ def operator_forward_flops(model) -> int:
                          f"{type(operator).__name__} (the conv operator's FLOPs are not counted here)")
     dense = [layer for layer in operator._flatten_layers() if isinstance(layer, keras.layers.Dense)]
     return 2 * sum(int(layer.kernel.shape[0]) * int(layer.kernel.shape[1]) for layer in dense)
-
-
-def _cpu_model() -> tuple[str, list[str]]:
-    """The CPU's model name and its matrix-relevant feature flags, from /proc/cpuinfo."""
-    name, flags = None, []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and name is None:
-            name = value.strip()
-        elif key.strip() == "flags" and not flags:
-            wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
-            flags = [f for f in value.split() if f in wanted]
-    return name or platform.processor() or "unknown", flags
-
-
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment() -> dict:
-    """TensorFlow and Keras versions, CPU model and flags, cores, threads, load, git commit, date."""
-    import keras
-
-    cpu, flags = _cpu_model()
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "cpu_model": cpu,
-        "cpu_flags": flags,
-        "cpu_count": os.cpu_count(),
-        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),  # 0: TensorFlow's default
-        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "environment_variables": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS",
-                                                             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
-                                                             "ONEDNN_MAX_CPU_ISA") if k in os.environ},
-        "load_average": list(os.getloadavg()),  # a busy machine makes every number here lower
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "hostname": platform.node(),
-    }
 
 
 def peak_rss_mb(children: bool = False) -> float:

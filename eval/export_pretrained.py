@@ -3,6 +3,7 @@
 Writes a small folder that `infusion_tf.checkpoint.load_checkpoint` and `eval/run.py --checkpoint` read:
     config.json               the run's config
     best.weights.h5           the chosen weights without optimizer state (last.weights.h5 for --weights last)
+    best.batch_norm.npz       the statistics recomputed over the training set, when eval/run.py kept them
     results_*.json            the run's evaluation results that were computed on these weights
     export.json               source, weights, the exporting commit, and the check below
     README.md                 what the model is, how it was trained, how to sample from and evaluate it
@@ -21,10 +22,11 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
+
+from infusion_tf import provenance
 
 __all__ = ["ExportSettings", "export_pretrained", "check_points", "lower_bound_check", "export_parser", "main"]
 
@@ -150,15 +152,6 @@ def _training_command(config, checkpoint: str) -> str:
         flag = key.replace("_", "-")
         flags.append(f"--{flag}" if value is True else f"--no-{flag}" if value is False else f"--{flag} {value}")
     return " ".join(["python train/run.py", *flags, f"--output-dir {checkpoint}"])
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty", "--abbrev=7"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def _display(path: str) -> str:
@@ -295,10 +288,13 @@ def _write_folder(settings: ExportSettings, staging: str, model, weights_path: s
     """Writes and checks everything in `staging`; returns the summary."""
     from infusion_tf.checkpoint import load_checkpoint
     from infusion_tf.config import save_config
+    from infusion_tf.evaluate import copy_batch_norm_cache
 
     name = "last.weights.h5" if os.path.basename(weights_path) == "last.weights.h5" else "best.weights.h5"
     save_config(model.config, staging)
     model.save_weights(os.path.join(staging, name))  # an uncompiled model: no optimizer state
+    if copy_batch_norm_cache(weights_path, os.path.join(staging, name)):  # saves users 1-2 minutes per evaluation
+        print("copied the recomputed batch-norm statistics")
     results, skipped = _matching_results(settings, weights_path)
     for path in results:
         shutil.copy2(path, staging)  # keeps the time stamp, so results stay newer than the weights
@@ -314,7 +310,7 @@ def _write_folder(settings: ExportSettings, staging: str, model, weights_path: s
     if abs(check["mean_nats"] - source_check["mean_nats"]) > CHECK_TOLERANCE_NATS:
         raise ValueError(f"the exported folder's lower bound {check['mean_nats']:.4f} differs from the "
                          f"checkpoint's {source_check['mean_nats']:.4f} nats")
-    commit = _git_commit()
+    commit = provenance.git_commit()
     summary = {"source": _display(settings.checkpoint), "source_weights": _display(weights_path), "weights": name,
                "results": [os.path.basename(p) for p in results], "not_copied": skipped, "commit": commit,
                "exported_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

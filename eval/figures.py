@@ -56,8 +56,9 @@ class FigureSettings:
 
 def _load(settings: FigureSettings):
     """(model, training images uint8, test images uint8): the checkpoint's model with the chosen statistics."""
-    from infusion_tf import data, estimators
-    from infusion_tf.checkpoint import load_checkpoint
+    from infusion_tf import data
+    from infusion_tf.checkpoint import find_weights, load_checkpoint
+    from infusion_tf.evaluate import use_recomputed_batch_norm
 
     model = load_checkpoint(settings.checkpoint, settings.weights)
     config = model.config
@@ -69,11 +70,9 @@ def _load(settings: FigureSettings):
         raise ValueError(f"dataset {config.dataset!r} has examples of shape {splits.example_shape}, the "
                          f"checkpoint's model takes {config.example_shape}")
     train = splits.train if config.train_examples is None else splits.train[:config.train_examples]
-    if settings.batch_norm == "recompute":
-        print(f"recomputing batch-norm statistics over {len(train)} training examples", flush=True)
-        change = estimators.recompute_batch_norm_statistics(model, train, seed=settings.seed, progress=True)
-        print(f"statistics moved by up to {change['max_abs_mean_change']:.3g} in mean and "
-              f"{100 * change['max_rel_variance_change']:.3g}% in variance", flush=True)
+    if settings.batch_norm == "recompute":  # as eval/run.py: the same statistics, read from its cache if there
+        use_recomputed_batch_norm(model, find_weights(settings.checkpoint, settings.weights), train,
+                                  seed=settings.seed)
     return model, train, splits.test
 
 

@@ -24,7 +24,8 @@ import tensorflow as tf
 from infusion_tf import chains
 
 __all__ = ["ChainScorer", "ChainStatistics", "Estimate", "score_chains", "lower_bound", "importance_sampling",
-           "isotropic_log_weights", "bits_per_dim", "recompute_batch_norm_statistics"]
+           "isotropic_log_weights", "bits_per_dim", "recompute_batch_norm_statistics", "batch_norm_statistics",
+           "set_batch_norm_statistics"]
 
 
 class ChainScorer:
@@ -267,3 +268,25 @@ def recompute_batch_norm_statistics(model, train_array: np.ndarray, *, batch_siz
                                                     float(np.abs(variance / old_var - 1.0).max()))
             layer.set_statistics(step, mean, variance)
     return change
+
+
+def batch_norm_statistics(model) -> dict[str, np.ndarray]:
+    """Every step's batch-norm statistics: {"<layer index>/mean" and "/variance": float32 [T, C]}."""
+    stats = {}
+    for i, layer in enumerate(model.step_batch_norms()):
+        stats[f"{i}/mean"] = layer.moving_mean.numpy()
+        stats[f"{i}/variance"] = layer.moving_variance.numpy()
+    return stats
+
+
+def set_batch_norm_statistics(model, stats: dict[str, np.ndarray]) -> None:
+    """Inverse of `batch_norm_statistics`. Raises ValueError if the layers or shapes do not match."""
+    layers = model.step_batch_norms()
+    if sorted(stats) != sorted(f"{i}/{kind}" for i in range(len(layers)) for kind in ("mean", "variance")):
+        raise ValueError(f"statistics for {len(stats) // 2} batch-norm layers given, the model has {len(layers)}")
+    for i, layer in enumerate(layers):
+        for name, variable in (("mean", layer.moving_mean), ("variance", layer.moving_variance)):
+            value = np.asarray(stats[f"{i}/{name}"], np.float32)
+            if value.shape != tuple(variable.shape):
+                raise ValueError(f"batch-norm layer {i} {name}: shape {value.shape}, model has {tuple(variable.shape)}")
+            variable.assign(value)

@@ -9,7 +9,9 @@ Estimators (Section 2.4, Section 4.1, Tables 1 and 2 of the paper):
     sample_quality       classifier-based Inception score and Frechet distance, nearest-neighbour figure
 Every estimator runs --repeats times with different chains (or samples) and reports the mean and the
 standard deviation over repeats, as Table 2 does. Before estimating, every step's batch-norm statistics
-are recomputed over the whole training set (Appendix A.1) unless --batch-norm moving. Test points get
+are recomputed over the whole training set (Appendix A.1) unless --batch-norm moving; the recomputed
+statistics are kept beside the weights (`best.batch_norm.npz`, keyed by the weights' hash) and reused by
+the next evaluation of the same weights (--no-batch-norm-cache recomputes and writes nothing). Test points get
 uniform dequantization noise of 1/256 (fixed by --seed), as the paper and Wu et al. (2016).
 Results go to `<checkpoint>/results_<estimator>.json` (or --output).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -26,9 +29,11 @@ import time
 
 import numpy as np
 
+from infusion_tf import provenance
 from infusion_tf.cli import OneLineErrorParser  # usage errors: one `error: ...` line, exit status 2
 
-__all__ = ["ESTIMATORS", "EvalSettings", "evaluate", "eval_parser", "main"]
+__all__ = ["ESTIMATORS", "EvalSettings", "evaluate", "use_recomputed_batch_norm", "copy_batch_norm_cache",
+           "batch_norm_cache_path", "eval_parser", "main"]
 
 ESTIMATORS = ("lower_bound", "importance_sampling", "isotropic", "parzen", "sample_quality")
 _DEFAULT_K = {"lower_bound": 10, "importance_sampling": 1000, "isotropic": 1000}
@@ -48,6 +53,7 @@ class EvalSettings:
     split: str = "test"
     weights: str | None = None  # best | last | a path; None: best if present, else last
     batch_norm: str = "recompute"  # recompute over the training set (the paper) | moving (training's averages)
+    batch_norm_cache: bool = True  # reuse (and write) <weights>.batch_norm.npz beside the weights
     dequantize: bool = True
     validation_examples: int = 1000  # for choosing the isotropic variance and the Parzen bandwidth
     num_samples: int = 10_000  # Parzen and sample quality: samples drawn from the model
@@ -184,10 +190,81 @@ def _sample_quality(model, x, train_array, settings: EvalSettings, folder: str) 
             "mean_nats": None, "std_nats": None}
 
 
+def batch_norm_cache_path(weights_path: str) -> str:
+    """Where the recomputed statistics of a weights file are kept: best.weights.h5 -> best.batch_norm.npz."""
+    folder, name = os.path.split(weights_path)
+    stem = name[:-len(".weights.h5")] if name.endswith(".weights.h5") else os.path.splitext(name)[0]
+    return os.path.join(folder, f"{stem}.batch_norm.npz")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def use_recomputed_batch_norm(model, weights_path: str, train: np.ndarray, *, seed: int = 0,
+                              precision: str = "float32", cache: bool = True) -> dict:
+    """Sets the statistics over the whole training set (Appendix A.1), from the cache when it fits.
+
+    The recomputation takes 1-2 minutes for the paper's model on 2 cores, and is the same for every
+    estimator, so its result is kept beside the weights with what it depends on (the weights' hash, the
+    number of training examples, the seed and the precision). A cache of other weights is recomputed and
+    replaced; a folder that cannot be written is only reported.
+    """
+    from infusion_tf import estimators
+
+    key = {"weights_sha256": _sha256(weights_path), "train_examples": len(train), "seed": seed,
+           "precision": precision}
+    path = batch_norm_cache_path(weights_path)
+    if cache and os.path.isfile(path):
+        with np.load(path) as cached:
+            stored, change = json.loads(str(cached["key"])), json.loads(str(cached["change"]))
+            stats = {name: cached[name] for name in cached.files if name not in ("key", "change")}
+        if stored == key:
+            estimators.set_batch_norm_statistics(model, stats)
+            print(f"batch-norm statistics over {len(train)} training examples read from {path}")
+            return {**change, "cache": path}
+    started = time.time()
+    print(f"recomputing batch-norm statistics over {len(train)} training examples")
+    change = estimators.recompute_batch_norm_statistics(model, train, seed=seed, progress=True)
+    seconds = time.time() - started
+    print(f"statistics moved by up to {change['max_abs_mean_change']:.3g} in mean and "
+          f"{100 * change['max_rel_variance_change']:.3g}% in variance ({seconds:.0f} s)", flush=True)
+    if cache:
+        tmp = path + ".tmp.npz"
+        try:
+            np.savez(tmp, key=json.dumps(key), change=json.dumps(change), **estimators.batch_norm_statistics(model))
+            os.replace(tmp, path)
+        except OSError as e:
+            print(f"warning: could not keep the batch-norm statistics in {path}: {e}", file=sys.stderr)
+    return {**change, "seconds": seconds}
+
+
+def copy_batch_norm_cache(source_weights: str, target_weights: str) -> str | None:
+    """Keeps source_weights' recomputed statistics for target_weights, a re-save of the same variables.
+
+    Returns the new cache's path, or None when source_weights has no cache of its current bytes.
+    """
+    source = batch_norm_cache_path(source_weights)
+    if not os.path.isfile(source):
+        return None
+    with np.load(source) as cached:
+        arrays = {name: cached[name] for name in cached.files}
+    key = json.loads(str(arrays.pop("key")))
+    if key["weights_sha256"] != _sha256(source_weights):
+        return None
+    target = batch_norm_cache_path(target_weights)
+    np.savez(target, key=json.dumps({**key, "weights_sha256": _sha256(target_weights)}), **arrays)
+    return target
+
+
 def evaluate(settings: EvalSettings) -> dict:
     """Runs one estimator on a checkpoint; writes and returns the results (see the module docstring)."""
     from infusion_tf import data, estimators
-    from infusion_tf.checkpoint import load_checkpoint
+    from infusion_tf.checkpoint import find_weights, load_checkpoint
 
     started = time.time()
     model = load_checkpoint(settings.checkpoint, settings.weights, settings.precision)
@@ -199,11 +276,9 @@ def evaluate(settings: EvalSettings) -> dict:
     train = splits.train if config.train_examples is None else splits.train[:config.train_examples]
     batch_norm = {"mode": settings.batch_norm}
     if settings.batch_norm == "recompute":
-        t = time.time()
-        print(f"recomputing batch-norm statistics over {len(train)} training examples")
-        batch_norm.update(estimators.recompute_batch_norm_statistics(model, train, seed=settings.seed,
-                                                                      progress=True))
-        batch_norm["seconds"] = time.time() - t
+        batch_norm.update(use_recomputed_batch_norm(model, find_weights(settings.checkpoint, settings.weights),
+                                                    train, seed=settings.seed, precision=settings.precision,
+                                                    cache=settings.batch_norm_cache))
     array = getattr(splits, settings.split)[:settings.num_examples]
     x = _points(array, settings, settings.seed)
     x_validation = _points(splits.validation[:settings.validation_examples], settings, settings.seed + 1)
@@ -221,6 +296,7 @@ def evaluate(settings: EvalSettings) -> dict:
     result["batch_norm"] = batch_norm
     result["settings"] = {**dataclasses.asdict(settings), "chains": settings.chains, "config": config.to_dict()}
     result["wall_seconds"] = time.time() - started
+    result["environment"] = provenance.environment()
     output = settings.output or os.path.join(settings.checkpoint, f"results_{settings.estimator}.json")
     tmp = output + ".tmp"
     with open(tmp, "w") as f:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -54,9 +55,34 @@ def test_fixed_seed_gives_identical_results(checkpoint, tmp_path):
 
 
 def test_recomputed_batch_norm_is_reported(checkpoint, tmp_path):
-    result = run(checkpoint, tmp_path, estimator="lower_bound", k=2, repeats=1, batch_norm="recompute")
+    result = run(checkpoint, tmp_path, estimator="lower_bound", k=2, repeats=1, batch_norm="recompute",
+                 batch_norm_cache=False)
     assert result["batch_norm"]["mode"] == "recompute"
     assert result["batch_norm"]["max_abs_mean_change"] > 0
+    assert not any(name.endswith(".batch_norm.npz") for _, _, names in os.walk(checkpoint) for name in names)
+
+
+def test_recomputed_statistics_are_kept_for_the_same_weights_only(checkpoint, tmp_path):
+    from infusion_tf.checkpoint import load_checkpoint
+
+    folder = str(tmp_path / "run")
+    shutil.copytree(checkpoint, folder)
+    cache = os.path.join(folder, "checkpoints", "best.batch_norm.npz")
+    kwargs = dict(estimator="lower_bound", k=2, repeats=1, batch_norm="recompute")
+    first = run(folder, tmp_path, **kwargs)
+    assert "seconds" in first["batch_norm"] and os.path.isfile(cache)
+    second = run(folder, tmp_path, **kwargs)  # read back: the same statistics, the same numbers
+    assert second["batch_norm"]["cache"] == cache and "seconds" not in second["batch_norm"]
+    assert second["repeats_nats"] == first["repeats_nats"]
+    assert second["batch_norm"]["max_abs_mean_change"] == first["batch_norm"]["max_abs_mean_change"]
+    other_seed = run(folder, tmp_path, **kwargs, seed=1)  # the key holds the seed: recomputed
+    assert "cache" not in other_seed["batch_norm"]
+    model = load_checkpoint(folder)  # new weights under the same name: the hash no longer matches
+    kernel = model.operator.trainable_weights[0]
+    kernel.assign(kernel + 0.05)
+    model.save_weights(os.path.join(folder, "checkpoints", "best.weights.h5"))
+    changed = run(folder, tmp_path, **kwargs, seed=1)
+    assert "cache" not in changed["batch_norm"] and changed["repeats_nats"] != other_seed["repeats_nats"]
 
 
 @pytest.mark.parametrize("settings, message", [

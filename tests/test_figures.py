@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from infusion_tf import InfusionConfig, InfusionModel, visualize
+from infusion_tf import InfusionConfig, InfusionModel, evaluate, visualize
 from infusion_tf.checkpoint import load_checkpoint
 from infusion_tf.config import save_config
 
@@ -74,6 +74,9 @@ def checkpoint(tmp_path_factory, mnist_uint8):
 @pytest.fixture(scope="module")
 def pretrained(checkpoint, tmp_path_factory):
     output = str(tmp_path_factory.mktemp("pretrained") / "mnist")
+    # An evaluation first, so that the checkpoint has recomputed batch-norm statistics for the export to ship.
+    evaluate.evaluate(evaluate.EvalSettings(checkpoint=checkpoint, num_examples=5, repeats=1, k=1,
+                                            output=str(tmp_path_factory.mktemp("eval") / "results.json")))
     assert export.main(["--checkpoint", checkpoint, "--output", output, "--check-examples", "20",
                         "--check-chains", "2"]) == 0
     return output
@@ -119,7 +122,7 @@ def test_figures_recompute_batch_norm_and_skip_a_missing_log(pretrained, tmp_pat
     assert figures.main(["--checkpoint", pretrained, "--output-dir", str(output), "--batch-norm", "recompute",
                          "--num-samples", "20", "--num-chains", "2", "--inpaint-digits", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "recomputing batch-norm statistics over 200 training examples" in printed
+    assert "batch-norm statistics over 200 training examples read from" in printed  # the shipped statistics
     assert "training_curve: skipped" in printed and not (output / "training_curve.png").exists()
     assert _png_size(str(output / "samples.png")) == _grid_size(2, 10)
     assert _png_size(str(output / "chains.png")) == _grid_size(2, TINY.sampling_steps + 1)
@@ -133,8 +136,8 @@ def test_figures_bad_settings_exit_2(checkpoint, tmp_path, capsys):
 
 
 def test_export_writes_a_small_loadable_folder(checkpoint, pretrained):
-    assert sorted(os.listdir(pretrained)) == ["README.md", "best.weights.h5", "config.json", "export.json",
-                                              "results_lower_bound.json"]  # parzen's used the last weights
+    assert sorted(os.listdir(pretrained)) == ["README.md", "best.batch_norm.npz", "best.weights.h5", "config.json",
+                                              "export.json", "results_lower_bound.json"]  # parzen's: last weights
     with h5py.File(os.path.join(pretrained, "best.weights.h5"), "r") as f:
         assert "optimizer" not in f
     source, shipped = load_checkpoint(checkpoint), load_checkpoint(pretrained)
@@ -187,6 +190,15 @@ def test_evaluation_command_runs_on_the_exported_folder(pretrained, tmp_path):
     # Its first repeat uses the examples, chains and seed of the export's check (20 examples, k = 2, seed 0).
     check = json.loads(open(os.path.join(pretrained, "export.json")).read())["check"]
     assert json.loads(results.read_text())["repeats_nats"][0] == pytest.approx(check["mean_nats"], abs=1e-6)
+
+
+def test_shipped_batch_norm_statistics_equal_a_fresh_recomputation(pretrained, tmp_path):
+    kwargs = dict(checkpoint=pretrained, num_examples=10, repeats=1, k=2)
+    cached = evaluate.evaluate(evaluate.EvalSettings(**kwargs, output=str(tmp_path / "a.json")))
+    fresh = evaluate.evaluate(evaluate.EvalSettings(**kwargs, batch_norm_cache=False, output=str(tmp_path / "b.json")))
+    assert cached["batch_norm"]["cache"] == os.path.join(pretrained, "best.batch_norm.npz")
+    assert "cache" not in fresh["batch_norm"]
+    assert cached["repeats_nats"] == pytest.approx(fresh["repeats_nats"], abs=1e-4)
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(SHIPPED, "export.json")), reason="pretrained/mnist not shipped yet")

@@ -1,0 +1,79 @@
+"""Where a number came from: the code's commit, the machine and the software, written beside every result.
+
+Every results.json (evaluation, benchmarks, exports) carries `environment()`, so a number in the docs can
+always be traced to the commit, CPU, core count and library versions that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+__all__ = ["REPO", "cpu_model", "git", "git_commit", "environment"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_model() -> tuple[str, list[str]]:
+    """The CPU's model name and its matrix-relevant feature flags, from /proc/cpuinfo."""
+    name, flags = None, []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and name is None:
+            name = value.strip()
+        elif key.strip() == "flags" and not flags:
+            wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+            flags = [f for f in value.split() if f in wanted]
+    return name or platform.processor() or "unknown", flags
+
+
+def git(*args: str) -> str | None:
+    """The output of `git <args>` in this checkout, or None outside a git checkout."""
+    try:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_commit() -> str | None:
+    """The checkout's short commit, with `-dirty` when tracked files have uncommitted changes."""
+    return git("describe", "--always", "--dirty", "--abbrev=7")
+
+
+def environment() -> dict:
+    """TensorFlow and Keras versions, CPU model and flags, cores, threads, load, git commit, date."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    cpu, flags = cpu_model()
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cpu_model": cpu,
+        "cpu_flags": flags,
+        "cpu_count": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "gpus": [d.name for d in tf.config.list_logical_devices("GPU")],
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),  # 0: TensorFlow's default
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "environment_variables": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS",
+                                                             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+                                                             "ONEDNN_MAX_CPU_ISA") if k in os.environ},
+        "load_average": list(os.getloadavg()),  # a busy machine makes every timing lower
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+    }
