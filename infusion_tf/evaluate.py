@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -197,14 +196,6 @@ def batch_norm_cache_path(weights_path: str) -> str:
     return os.path.join(folder, f"{stem}.batch_norm.npz")
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def use_recomputed_batch_norm(model, weights_path: str, train: np.ndarray, *, seed: int = 0,
                               precision: str = "float32", cache: bool = True) -> dict:
     """Sets the statistics over the whole training set (Appendix A.1), from the cache when it fits.
@@ -216,7 +207,7 @@ def use_recomputed_batch_norm(model, weights_path: str, train: np.ndarray, *, se
     """
     from infusion_tf import estimators
 
-    key = {"weights_sha256": _sha256(weights_path), "train_examples": len(train), "seed": seed,
+    key = {"weights_sha256": provenance.file_sha256(weights_path), "train_examples": len(train), "seed": seed,
            "precision": precision}
     path = batch_norm_cache_path(weights_path)
     if cache and os.path.isfile(path):
@@ -254,10 +245,10 @@ def copy_batch_norm_cache(source_weights: str, target_weights: str) -> str | Non
     with np.load(source) as cached:
         arrays = {name: cached[name] for name in cached.files}
     key = json.loads(str(arrays.pop("key")))
-    if key["weights_sha256"] != _sha256(source_weights):
+    if key["weights_sha256"] != provenance.file_sha256(source_weights):
         return None
     target = batch_norm_cache_path(target_weights)
-    np.savez(target, key=json.dumps({**key, "weights_sha256": _sha256(target_weights)}), **arrays)
+    np.savez(target, key=json.dumps({**key, "weights_sha256": provenance.file_sha256(target_weights)}), **arrays)
     return target
 
 
@@ -295,6 +286,7 @@ def evaluate(settings: EvalSettings) -> dict:
         result["bits_per_dim"] = estimators.bits_per_dim(result["mean_nats"], config.num_dims, quantized)
     result["batch_norm"] = batch_norm
     result["settings"] = {**dataclasses.asdict(settings), "chains": settings.chains, "config": config.to_dict()}
+    result["weights_sha256"] = provenance.file_sha256(find_weights(settings.checkpoint, settings.weights))
     result["wall_seconds"] = time.time() - started
     result["environment"] = provenance.environment()
     output = settings.output or os.path.join(settings.checkpoint, f"results_{settings.estimator}.json")

@@ -7,12 +7,13 @@ always be traced to the commit, CPU, core count and library versions that produc
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import platform
 import subprocess
 from pathlib import Path
 
-__all__ = ["REPO", "cpu_model", "git", "git_commit", "environment"]
+__all__ = ["REPO", "cpu_model", "git", "git_commit", "environment", "file_sha256"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,3 +78,12 @@ def environment() -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hostname": platform.node(),
     }
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes (weights files are identified by it in results and caches)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

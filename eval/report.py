@@ -1,0 +1,201 @@
+"""Every estimate of Tables 1 and 2 for one checkpoint, beside the paper's: `python eval/report.py --checkpoint DIR`.
+
+Runs `eval/run.py` (in this process, with the same arguments as on the command line) once per row:
+    lower bound (Eq. 3)                      k = --lb-k chains, --repeats repeats
+    importance sampling (Eq. 2), a k ladder  k in --is-k, with --is-repeats repeats each
+    importance sampling at large k           k in --subset-k on the first --subset-examples test examples,
+                                             to show how the estimate moves up to the paper's k = 20 000
+    isotropic output (Table 2)               k = --isotropic-k, --isotropic-repeats repeats
+    Parzen window (Table 1)                  --repeats repeats of 10 000 samples
+    classifier sample quality                --quality-repeats repeats
+Each row writes `<output-dir>/results_<row>.json`. A row whose file exists with the same settings and the same
+weights is read back instead of run again, so an interrupted report resumes where it stopped. At the end it writes
+`report.md` (a table with the paper's values, each row's command, wall time, commit and hardware) and report.json.
+The batch-norm statistics are recomputed once and then read from the cache beside the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+
+from infusion_tf import evaluate, provenance
+from infusion_tf.checkpoint import find_weights
+from infusion_tf.cli import OneLineErrorParser
+
+__all__ = ["PAPER_MNIST", "Row", "plan", "run_row", "write_report", "main"]
+
+# Bordes et al. (2017), MNIST: Table 1 (Parzen) and Table 2 (mean +- std over 10 repeats, 1000 test examples).
+PAPER_MNIST = {
+    "lower_bound": "1350.60 +- 0.08",
+    "importance_sampling": "1836.27 +- 0.55 (k = 20 000)",
+    "isotropic": "413.30 +- 0.46",
+    "parzen": "312 +- 1.7",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the report: a label, the eval/run.py arguments (without --checkpoint/--output) and a file name."""
+
+    name: str
+    label: str
+    estimator: str
+    arguments: tuple[str, ...]
+    paper: str = ""  # the paper's value for the same quantity, when it reported one
+
+
+def plan(args) -> list[Row]:
+    """The rows, in the order they run (cheapest first, so a short budget still gets the headline numbers)."""
+    common = ("--num-examples", str(args.num_examples), "--precision", args.precision, "--seed", str(args.seed))
+    rows = [Row("lower_bound", f"lower bound (Eq. 3), k = {args.lb_k}", "lower_bound",
+                ("--estimator", "lower_bound", "--k", str(args.lb_k), "--repeats", str(args.repeats), *common),
+                PAPER_MNIST["lower_bound"])]
+    if len(args.is_repeats) not in (1, len(args.is_k)):
+        raise ValueError(f"--is-repeats takes 1 value or one per --is-k value ({len(args.is_k)}), "
+                         f"got {len(args.is_repeats)}")
+    repeats = args.is_repeats * len(args.is_k) if len(args.is_repeats) == 1 else args.is_repeats
+    for k, r in zip(args.is_k, repeats):
+        rows.append(Row(f"importance_sampling_k{k}", f"importance sampling (Eq. 2), k = {k}", "importance_sampling",
+                        ("--estimator", "importance_sampling", "--k", str(k), "--repeats", str(r), *common),
+                        PAPER_MNIST["importance_sampling"] if k == max(args.is_k) else ""))
+    rows.append(Row("parzen", "Parzen window (Table 1)", "parzen",
+                    ("--estimator", "parzen", "--repeats", str(args.repeats), *common), PAPER_MNIST["parzen"]))
+    rows.append(Row("sample_quality", "classifier sample quality", "sample_quality",
+                    ("--estimator", "sample_quality", "--repeats", str(args.quality_repeats), *common)))
+    rows.append(Row("isotropic", f"isotropic output, importance sampling, k = {args.isotropic_k}", "isotropic",
+                    ("--estimator", "isotropic", "--k", str(args.isotropic_k), "--repeats",
+                     str(args.isotropic_repeats), *common), PAPER_MNIST["isotropic"]))
+    subset = ("--num-examples", str(args.subset_examples), "--precision", args.precision, "--seed", str(args.seed))
+    for k in args.subset_k:
+        rows.append(Row(f"importance_sampling_first{args.subset_examples}_k{k}",
+                        f"importance sampling, k = {k}, first {args.subset_examples} test examples",
+                        "importance_sampling", ("--estimator", "importance_sampling", "--k", str(k), "--repeats", "1",
+                                                *subset)))
+    return rows
+
+
+def _settings(checkpoint: str, row: Row, output: str) -> evaluate.EvalSettings:
+    parsed = evaluate.eval_parser().parse_args(["--checkpoint", checkpoint, *row.arguments, "--output", output])
+    return evaluate.EvalSettings(**vars(parsed))
+
+
+def _same_run(saved: dict, settings: evaluate.EvalSettings, weights_path: str) -> bool:
+    """Whether a results.json was computed with these settings on the current weights file."""
+    keys = ("estimator", "num_examples", "k", "repeats", "seed", "precision", "batch_norm", "split")
+    wanted = dataclasses.asdict(settings)
+    return (all(saved.get("settings", {}).get(key) == wanted[key] for key in keys)
+            and saved.get("weights_sha256") == provenance.file_sha256(weights_path))
+
+
+def run_row(checkpoint: str, row: Row, output_dir: str) -> dict:
+    """The row's results.json, computed now or read back when it was computed with the same settings and weights."""
+    output = os.path.join(output_dir, f"results_{row.name}.json")
+    settings = _settings(checkpoint, row, output)
+    weights_path = find_weights(checkpoint, settings.weights)
+    if os.path.isfile(output):
+        with open(output) as f:
+            saved = json.load(f)
+        if _same_run(saved, settings, weights_path):
+            print(f"{row.label}: read back from {output}", flush=True)
+            return saved
+    print(f"\n== {row.label}: python eval/run.py --checkpoint {shlex.quote(checkpoint)} {' '.join(row.arguments)}",
+          flush=True)
+    result = evaluate.evaluate(settings)
+    result.pop("output", None)
+    return result
+
+
+def _value(result: dict) -> str:
+    if result["estimator"] == "sample_quality":
+        return (f"Inception score {result['inception_score']['mean']:.2f} +- {result['inception_score']['std']:.2f} "
+                f"(test images {result['test_images_inception_score']:.2f}); Frechet distance "
+                f"{result['frechet_distance']['mean']:.1f} +- {result['frechet_distance']['std']:.1f}")
+    text = f"{result['mean_nats']:.2f} +- {result['std_nats']:.2f}"
+    if "standard_error_nats" in result:
+        text += f" (s.e. over examples {result['standard_error_nats']:.1f})"
+    if "sigma" in result:
+        text += f", sigma {result['sigma'][0]:g}"
+    if "isotropic_variance" in result:
+        text += f", s = {result['isotropic_variance']:.3g}"
+    return text
+
+
+def write_report(checkpoint: str, rows: list[Row], results: list[dict], output_dir: str) -> str:
+    """Writes report.md and report.json in output_dir; returns report.md's text."""
+    env = results[0].get("environment", {})
+    lines = [f"Checkpoint `{checkpoint}`, weights sha256 `{results[0].get('weights_sha256', '?')[:12]}`; "
+             f"{results[0]['settings']['num_examples']} test examples unless the row says otherwise; "
+             f"+- is the standard deviation over repeats (as the paper's Table 2), s.e. the standard error over "
+             f"test examples.",
+             f"Hardware: {env.get('cpu_model', '?')}, {env.get('cores_available', '?')} cores, "
+             f"GPUs: {', '.join(env.get('gpus', [])) or 'none'}; TensorFlow {env.get('tensorflow', '?')}.", "",
+             "| quantity | ours | paper | repeats | wall time | commit | command (after `python eval/run.py "
+             "--checkpoint CKPT`) |", "|---|---|---|---|---|---|---|"]
+    for row, result in zip(rows, results):
+        commit = (result.get("environment", {}).get("git_commit") or "?")[:7]
+        lines.append(f"| {row.label} | {_value(result)} | {row.paper} | {result['settings']['repeats']} | "
+                     f"{result['wall_seconds'] / 60:.1f} min | `{commit}` | `{' '.join(row.arguments)}` |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(output_dir, "report.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(output_dir, "report.json"), "w") as f:
+        json.dump({"checkpoint": checkpoint, "rows": [{"name": r.name, "label": r.label, "arguments": r.arguments,
+                                                       "result": res} for r, res in zip(rows, results)]},
+                  f, indent=2)
+    return text
+
+
+def report_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="eval/report.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--output-dir", help="where the results and report go (default: the checkpoint folder)")
+    parser.add_argument("--num-examples", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--lb-k", type=int, default=10)
+    parser.add_argument("--is-k", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--is-repeats", type=int, nargs="+", default=[10, 10, 2])
+    parser.add_argument("--isotropic-k", type=int, default=100)
+    parser.add_argument("--isotropic-repeats", type=int, default=3)
+    parser.add_argument("--quality-repeats", type=int, default=3)
+    parser.add_argument("--subset-examples", type=int, default=100)
+    parser.add_argument("--subset-k", type=int, nargs="*", default=[100, 1000, 10000])
+    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help="names of the rows to run (default: all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = report_parser().parse_args(argv)
+    output_dir = args.output_dir or args.checkpoint
+    try:
+        rows = plan(args)
+        if args.only:
+            unknown = sorted(set(args.only) - {r.name for r in rows})
+            if unknown:
+                raise ValueError(f"unknown rows {unknown}; the rows are {[r.name for r in rows]}")
+            rows = [r for r in rows if r.name in args.only]
+        for row in rows:
+            _settings(args.checkpoint, row, "x")  # every row's settings are checked before the first one runs
+        if not os.path.isdir(args.checkpoint):
+            raise FileNotFoundError(f"checkpoint folder {args.checkpoint!r} does not exist")
+        os.makedirs(output_dir, exist_ok=True)
+        started, results = time.time(), []
+        for row in rows:
+            results.append(run_row(args.checkpoint, row, output_dir))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n" + write_report(args.checkpoint, rows, results, output_dir))
+    print(f"report written to {os.path.join(output_dir, 'report.md')} ({(time.time() - started) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
