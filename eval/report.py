@@ -10,7 +10,8 @@ Runs `eval/run.py` (in this process, with the same arguments as on the command l
     classifier sample quality                --quality-repeats repeats
 Each row writes `<output-dir>/results_<row>.json`. A row whose file exists with the same settings and the same
 weights is read back instead of run again, so an interrupted report resumes where it stopped. At the end it writes
-`report.md` (a table with the paper's values, each row's command, wall time, commit and hardware) and report.json.
+`report.md` (a table with the paper's values, each row's command, wall time, commit and hardware), report.json and
+`importance_sampling_by_k.png` (the estimate against k).
 The batch-norm statistics are recomputed once and then read from the cache beside the weights.
 """
 
@@ -138,9 +139,12 @@ def write_report(checkpoint: str, rows: list[Row], results: list[dict], output_d
              "| quantity | ours | paper | repeats | wall time | commit | command (after `python eval/run.py "
              "--checkpoint CKPT`) |", "|---|---|---|---|---|---|---|"]
     for row, result in zip(rows, results):
-        commit = (result.get("environment", {}).get("git_commit") or "?")[:7]
+        env = result.get("environment", {})
+        commit = (env.get("git_commit") or "?")[:7] + ("-dirty" if env.get("git_dirty") else "")
+        seconds = result["wall_seconds"]
+        wall = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
         lines.append(f"| {row.label} | {_value(result)} | {row.paper} | {result['settings']['repeats']} | "
-                     f"{result['wall_seconds'] / 60:.1f} min | `{commit}` | `{' '.join(row.arguments)}` |")
+                     f"{wall} | `{commit}` | `{' '.join(row.arguments)}` |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(text)
@@ -149,6 +153,43 @@ def write_report(checkpoint: str, rows: list[Row], results: list[dict], output_d
                                                        "result": res} for r, res in zip(rows, results)]},
                   f, indent=2)
     return text
+
+
+def plot_k_ladder(rows: list[Row], results: list[dict], path: str) -> str | None:
+    """importance-sampling estimate against k (log axis), one line per set of test examples; None if < 2 points."""
+    ladders: dict[int, list[tuple[int, float, float]]] = {}
+    bound = None
+    for row, result in zip(rows, results):
+        if row.estimator == "lower_bound":
+            bound = result
+        if row.estimator != "importance_sampling":
+            continue
+        used = result["settings"]
+        ladders.setdefault(used["num_examples"], []).append(
+            (used["chains"], result["mean_nats"], result.get("standard_error_nats", 0.0)))
+    if sum(len(points) for points in ladders.values()) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n, points in sorted(ladders.items(), reverse=True):
+        points.sort()
+        ks, means, _ = zip(*points)
+        ax.plot(ks, means, marker="o", label=f"importance sampling, first {n} test examples")
+    if bound is not None:
+        ax.axhline(bound["mean_nats"], color="gray", linestyle="--",
+                   label=f"lower bound, k = {bound['settings']['chains']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("k (infusion chains per example)")
+    ax.set_ylabel("log-likelihood estimate (nats)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def report_parser() -> argparse.ArgumentParser:
@@ -193,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n" + write_report(args.checkpoint, rows, results, output_dir))
+    figure = plot_k_ladder(rows, results, os.path.join(output_dir, "importance_sampling_by_k.png"))
+    if figure:
+        print(f"wrote {figure}")
     print(f"report written to {os.path.join(output_dir, 'report.md')} ({(time.time() - started) / 60:.1f} min)")
     return 0
 

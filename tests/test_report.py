@@ -42,7 +42,8 @@ def test_report_runs_every_row_and_resumes(checkpoint, tmp_path, capsys):
     names = ["lower_bound", "importance_sampling_k2", "importance_sampling_k6", "parzen", "sample_quality",
              "isotropic", "importance_sampling_first5_k12"]
     assert sorted(os.listdir(output)) == sorted([f"results_{n}.json" for n in names] +
-                                                ["report.md", "report.json", "nearest_neighbours.png"])
+                                                ["report.md", "report.json", "nearest_neighbours.png",
+                                                 "importance_sampling_by_k.png"])
     text = open(os.path.join(output, "report.md")).read()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == len(names)
