@@ -258,7 +258,9 @@ def evaluate(settings: EvalSettings) -> dict:
     from infusion_tf.checkpoint import find_weights, load_checkpoint
 
     started = time.time()
+    output = settings.output or os.path.join(settings.checkpoint, f"results_{settings.estimator}.json")
     model = load_checkpoint(settings.checkpoint, settings.weights, settings.precision)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)  # before the work, not after it
     config = model.config
     splits = data.load_splits(config.dataset, data_dir=settings.data_dir, seed=config.seed)
     if tuple(splits.example_shape) != tuple(config.example_shape):
@@ -273,7 +275,7 @@ def evaluate(settings: EvalSettings) -> dict:
     array = getattr(splits, settings.split)[:settings.num_examples]
     x = _points(array, settings, settings.seed)
     x_validation = _points(splits.validation[:settings.validation_examples], settings, settings.seed + 1)
-    folder = settings.output and os.path.dirname(os.path.abspath(settings.output)) or settings.checkpoint
+    folder = os.path.dirname(os.path.abspath(output))
     if settings.estimator == "parzen":
         result = _parzen(model, x, x_validation, settings)
     elif settings.estimator == "sample_quality":
@@ -289,7 +291,6 @@ def evaluate(settings: EvalSettings) -> dict:
     result["weights_sha256"] = provenance.file_sha256(find_weights(settings.checkpoint, settings.weights))
     result["wall_seconds"] = time.time() - started
     result["environment"] = provenance.environment()
-    output = settings.output or os.path.join(settings.checkpoint, f"results_{settings.estimator}.json")
     tmp = output + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, indent=2)

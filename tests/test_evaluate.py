@@ -48,6 +48,12 @@ def test_chain_estimators_write_results(checkpoint, tmp_path, estimator):
         assert saved["isotropic_variance"] in evaluate.ISOTROPIC_VARIANCES
 
 
+def test_output_in_a_new_folder_is_written(checkpoint, tmp_path):
+    output = tmp_path / "new" / "deeper" / "results.json"
+    run(checkpoint, tmp_path, estimator="lower_bound", k=2, repeats=1, output=str(output))
+    assert json.loads(output.read_text())["estimator"] == "lower_bound"
+
+
 def test_fixed_seed_gives_identical_results(checkpoint, tmp_path):
     a = run(checkpoint, tmp_path, estimator="importance_sampling", k=3, seed=4)
     b = run(checkpoint, tmp_path, estimator="importance_sampling", k=3, seed=4)
