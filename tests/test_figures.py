@@ -201,12 +201,30 @@ def test_shipped_batch_norm_statistics_equal_a_fresh_recomputation(pretrained, t
     assert cached["repeats_nats"] == pytest.approx(fresh["repeats_nats"], abs=1e-4)
 
 
+def test_exported_folder_gives_the_recomputed_check_with_the_default_command(pretrained, tmp_path):
+    summary = json.loads(open(os.path.join(pretrained, "export.json")).read())
+    recomputed = summary["check_recomputed"]
+    assert recomputed["batch_norm"].startswith("recomputed") and recomputed["mean_nats"] != summary["check"]["mean_nats"]
+    result = evaluate.evaluate(evaluate.EvalSettings(
+        checkpoint=pretrained, num_examples=recomputed["num_examples"], k=recomputed["k"], repeats=1,
+        seed=recomputed["seed"], output=str(tmp_path / "results.json")))
+    assert result["batch_norm"]["cache"] == os.path.join(pretrained, "best.batch_norm.npz")
+    assert result["mean_nats"] == pytest.approx(recomputed["mean_nats"], abs=1e-6)
+    assert "check_recomputed" in summary and "With the shipped recomputed statistics" in open(
+        os.path.join(pretrained, "README.md")).read()
+
+
 @pytest.mark.skipif(not os.path.isfile(os.path.join(SHIPPED, "export.json")), reason="pretrained/mnist not shipped yet")
-def test_shipped_model_gives_its_documented_lower_bound():
+@pytest.mark.parametrize("which", ["check", "check_recomputed"])
+def test_shipped_model_gives_its_documented_lower_bound(which):
     """Same examples, chains and seed as at export: only float rounding differs (CPU kernels, GPU TF32), far below
-    the 2 nats allowed; wrong weights or batch-norm statistics move the bound by tens of nats or more."""
-    check = json.loads(open(os.path.join(SHIPPED, "export.json")).read())["check"]
+    the 2 nats allowed; wrong weights or batch-norm statistics move the bound by tens of nats or more. `check`
+    uses the training's moving statistics, `check_recomputed` the shipped ones (what `eval/run.py` uses)."""
+    check = json.loads(open(os.path.join(SHIPPED, "export.json")).read())[which]
     model = load_checkpoint(SHIPPED)
+    if which == "check_recomputed":
+        assert export.use_shipped_batch_norm(model, SHIPPED, check["seed"]) == os.path.join(SHIPPED,
+                                                                                            "best.batch_norm.npz")
     settings = export.ExportSettings(checkpoint=SHIPPED, check_examples=check["num_examples"],
                                      check_chains=check["k"], seed=check["seed"])
     result = export.lower_bound_check(model, export.check_points(model.config, settings), settings)
