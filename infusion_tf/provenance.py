@@ -45,18 +45,27 @@ def git(*args: str) -> str | None:
 
 
 def git_commit() -> str | None:
-    """The checkout's short commit, with `-dirty` when tracked files have uncommitted changes."""
+    """The checkout's short commit now, with `-dirty` when tracked files have uncommitted changes."""
     return git("describe", "--always", "--dirty", "--abbrev=7")
 
 
+def _checkout_state() -> tuple[str | None, bool | None]:
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "HEAD"), None if status is None else bool(status)
+
+
+# The code a process runs is the checkout as it was when the process started (this module is imported at start-up
+# by the commands that record results): a long evaluation must not report a commit made while it ran.
+_COMMIT_AT_START, _DIRTY_AT_START = _checkout_state()
+
+
 def environment() -> dict:
-    """TensorFlow and Keras versions, CPU model and flags, cores, threads, load, git commit, date."""
+    """TensorFlow and Keras versions, CPU model and flags, cores, threads, load, the git commit at start-up, date."""
     import keras
     import numpy as np
     import tensorflow as tf
 
     cpu, flags = cpu_model()
-    status = git("status", "--porcelain", "--untracked-files=no")
     return {
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
@@ -73,8 +82,8 @@ def environment() -> dict:
                                                              "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
                                                              "ONEDNN_MAX_CPU_ISA") if k in os.environ},
         "load_average": list(os.getloadavg()),  # a busy machine makes every timing lower
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
+        "git_commit": _COMMIT_AT_START,  # when this process started
+        "git_dirty": _DIRTY_AT_START,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hostname": platform.node(),
     }
