@@ -194,8 +194,11 @@ def _results_rows(paths: list[str]) -> list[str]:
         if result.get("estimator") == "parzen":
             setting = (f"{used.get('num_samples', '?')} samples, {used.get('num_examples', '?')} "
                        f"{used.get('split', 'test')} examples, {used.get('repeats', '?')} repeats")
+        if used.get("repeats") == 1:
+            setting = setting.replace("1 repeats", "1 repeat")
         if result.get("mean_nats") is not None:
-            value = f"{result['mean_nats']:.2f} +- {result['std_nats']:.2f} nats"
+            value = (f"{result['mean_nats']:.2f} nats" if used.get("repeats") == 1 else
+                     f"{result['mean_nats']:.2f} +- {result['std_nats']:.2f} nats")
         elif "inception_score" in result and "frechet_distance" in result:
             score, distance = (_mean(result["inception_score"]), _mean(result["frechet_distance"]))
             value = f"Inception score {score:.3f}, Frechet distance {distance:.2f}"

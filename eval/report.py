@@ -117,7 +117,9 @@ def _value(result: dict) -> str:
         return (f"Inception score {result['inception_score']['mean']:.2f} +- {result['inception_score']['std']:.2f} "
                 f"(test images {result['test_images_inception_score']:.2f}); Frechet distance "
                 f"{result['frechet_distance']['mean']:.1f} +- {result['frechet_distance']['std']:.1f}")
-    text = f"{result['mean_nats']:.2f} +- {result['std_nats']:.2f}"
+    text = f"{result['mean_nats']:.2f}"
+    if result["settings"]["repeats"] > 1:
+        text += f" +- {result['std_nats']:.2f}"
     if "standard_error_nats" in result:
         text += f" (s.e. over examples {result['standard_error_nats']:.1f})"
     if "sigma" in result:
