@@ -93,15 +93,12 @@ def lower_bound_check(model, x: np.ndarray, settings: ExportSettings, batch_norm
 
 def use_shipped_batch_norm(model, folder: str, seed: int = 0, data_dir: str | None = None) -> str:
     """Sets the model's statistics to the recomputed ones shipped in `folder` (or recomputes them); returns the file."""
-    from infusion_tf import data
     from infusion_tf.checkpoint import find_weights
     from infusion_tf.evaluate import batch_norm_cache_path, use_recomputed_batch_norm
+    from infusion_tf.training import load_training_data
 
-    config = model.config
-    train = data.load_splits(config.dataset, data_dir=data_dir, seed=config.seed).train
-    train = train if config.train_examples is None else train[:config.train_examples]
     weights = find_weights(folder)
-    use_recomputed_batch_norm(model, weights, train, seed=seed)
+    use_recomputed_batch_norm(model, weights, load_training_data(model.config, data_dir).train, seed=seed)
     return batch_norm_cache_path(weights)
 
 

@@ -56,20 +56,17 @@ class FigureSettings:
 
 def _load(settings: FigureSettings):
     """(model, training images uint8, test images uint8): the checkpoint's model with the chosen statistics."""
-    from infusion_tf import data
     from infusion_tf.checkpoint import find_weights, load_checkpoint
     from infusion_tf.evaluate import use_recomputed_batch_norm
+    from infusion_tf.training import load_training_data
 
     model = load_checkpoint(settings.checkpoint, settings.weights)
     config = model.config
     if len(config.example_shape) != 3:
         raise ValueError(f"the figures are image grids; {settings.checkpoint!r} models {config.dataset!r} with "
                          f"examples of shape {config.example_shape}")
-    splits = data.load_splits(config.dataset, data_dir=settings.data_dir, seed=config.seed)
-    if tuple(splits.example_shape) != tuple(config.example_shape):
-        raise ValueError(f"dataset {config.dataset!r} has examples of shape {splits.example_shape}, the "
-                         f"checkpoint's model takes {config.example_shape}")
-    train = splits.train if config.train_examples is None else splits.train[:config.train_examples]
+    splits = load_training_data(config, settings.data_dir)  # the run's training images; checks the shape
+    train = splits.train
     if settings.batch_norm == "recompute":  # as eval/run.py: the same statistics, read from its cache if there
         use_recomputed_batch_norm(model, find_weights(settings.checkpoint, settings.weights), train,
                                   seed=settings.seed)

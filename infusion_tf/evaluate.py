@@ -259,7 +259,8 @@ def evaluate(settings: EvalSettings) -> dict:
 
     started = time.time()
     output = settings.output or os.path.join(settings.checkpoint, f"results_{settings.estimator}.json")
-    model = load_checkpoint(settings.checkpoint, settings.weights, settings.precision)
+    model = load_checkpoint(settings.checkpoint, settings.weights, settings.precision)  # clear error first
+    weights_path = find_weights(settings.checkpoint, settings.weights)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)  # before the work, not after it
     config = model.config
     splits = data.load_splits(config.dataset, data_dir=settings.data_dir, seed=config.seed)
@@ -269,9 +270,8 @@ def evaluate(settings: EvalSettings) -> dict:
     train = splits.train if config.train_examples is None else splits.train[:config.train_examples]
     batch_norm = {"mode": settings.batch_norm}
     if settings.batch_norm == "recompute":
-        batch_norm.update(use_recomputed_batch_norm(model, find_weights(settings.checkpoint, settings.weights),
-                                                    train, seed=settings.seed, precision=settings.precision,
-                                                    cache=settings.batch_norm_cache))
+        batch_norm.update(use_recomputed_batch_norm(model, weights_path, train, seed=settings.seed,
+                                                    precision=settings.precision, cache=settings.batch_norm_cache))
     array = getattr(splits, settings.split)[:settings.num_examples]
     x = _points(array, settings, settings.seed)
     x_validation = _points(splits.validation[:settings.validation_examples], settings, settings.seed + 1)
@@ -288,7 +288,7 @@ def evaluate(settings: EvalSettings) -> dict:
         result["bits_per_dim"] = estimators.bits_per_dim(result["mean_nats"], config.num_dims, quantized)
     result["batch_norm"] = batch_norm
     result["settings"] = {**dataclasses.asdict(settings), "chains": settings.chains, "config": config.to_dict()}
-    result["weights_sha256"] = provenance.file_sha256(find_weights(settings.checkpoint, settings.weights))
+    result["weights_sha256"] = provenance.file_sha256(weights_path)
     result["wall_seconds"] = time.time() - started
     result["environment"] = provenance.environment()
     tmp = output + ".tmp"
