@@ -181,27 +181,35 @@ def test_reload_in_fresh_process_without_tfp_or_infusion_tf(model, exported, tmp
     assert "fresh process ok" in result.stdout
 
 
+def _call_in_threads(calls: dict, times: int) -> dict:
+    """{key: [calls[key]() repeated `times` times]}, one thread per key, all released together by a barrier."""
+    results, errors = {key: [] for key in calls}, []
+    barrier = threading.Barrier(len(calls))
+
+    def worker(key):
+        try:
+            barrier.wait()
+            for _ in range(times):
+                results[key].append(calls[key]())
+        except Exception as e:  # surfaced below; a thread's exception does not fail the test by itself
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(key,)) for key in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    return results
+
+
 def test_concurrent_requests_match_single_threaded(loaded):
     seeds = list(range(8))
     call = loaded.signatures["sample"]
     request = lambda s: call(num_samples=tf.constant(16), num_steps=tf.constant(4),  # noqa: E731
                              seed=tf.constant(s))["images"].numpy()
     expected = {s: request(s) for s in seeds}
-    results, errors = {}, []
-
-    def worker(s):
-        try:
-            for _ in range(3):
-                results.setdefault(s, []).append(request(s))
-        except Exception as e:  # surfaced below; a thread's exception does not fail the test by itself
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(s,)) for s in seeds]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    results = _call_in_threads({s: (lambda s=s: request(s)) for s in seeds}, times=3)
     for s in seeds:
         for images in results[s]:
             np.testing.assert_array_equal(images, expected[s])
@@ -376,23 +384,7 @@ def test_eight_threads_mixing_sample_and_inpaint_get_single_threaded_results(loa
                 (lambda s=s: loaded.inpaint(images=x, mask=mask, num_steps=4, seed=s)["images"].numpy())
                 for s in range(8)}
     expected = {s: request() for s, request in requests.items()}
-    results, errors = {s: [] for s in requests}, []
-    barrier = threading.Barrier(len(requests))
-
-    def worker(s):
-        try:
-            barrier.wait()
-            for _ in range(3):
-                results[s].append(requests[s]())
-        except Exception as e:  # surfaced below
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(s,)) for s in requests]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    results = _call_in_threads(requests, times=3)
     for s in requests:
         assert len(results[s]) == 3
         for images in results[s]:
