@@ -261,7 +261,8 @@ def evaluate(settings: EvalSettings) -> dict:
     output = settings.output or os.path.join(settings.checkpoint, f"results_{settings.estimator}.json")
     model = load_checkpoint(settings.checkpoint, settings.weights, settings.precision)  # clear error first
     weights_path = find_weights(settings.checkpoint, settings.weights)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)  # before the work, not after it
+    folder = os.path.dirname(os.path.abspath(output))
+    os.makedirs(folder, exist_ok=True)  # before the work, not after it
     config = model.config
     splits = data.load_splits(config.dataset, data_dir=settings.data_dir, seed=config.seed)
     if tuple(splits.example_shape) != tuple(config.example_shape):
@@ -275,7 +276,6 @@ def evaluate(settings: EvalSettings) -> dict:
     array = getattr(splits, settings.split)[:settings.num_examples]
     x = _points(array, settings, settings.seed)
     x_validation = _points(splits.validation[:settings.validation_examples], settings, settings.seed + 1)
-    folder = os.path.dirname(os.path.abspath(output))
     if settings.estimator == "parzen":
         result = _parzen(model, x, x_validation, settings)
     elif settings.estimator == "sample_quality":
