@@ -29,7 +29,7 @@ setup(
         "console_scripts": [
             "infusion-train=infusion_tf.cli:train_main",
             "infusion-eval=infusion_tf.evaluate:main",
-            "infusion-export=infusion_tf.export:main",
+            "infusion-export=infusion_tf.cli:export_main",
         ]
     },
 )

@@ -10,7 +10,6 @@ import dataclasses
 import os
 
 from infusion_tf.config import CONFIG_FILENAME, load_config
-from infusion_tf.model import InfusionModel
 
 __all__ = ["find_weights", "load_checkpoint"]
 
@@ -43,6 +42,8 @@ def load_checkpoint(checkpoint_dir: str, weights: str | None = None, precision: 
     Raises: FileNotFoundError naming a missing folder, config or weights file; ValueError when the
     weights do not fit the config's architecture.
     """
+    from infusion_tf.model import InfusionModel  # imports TensorFlow: not needed to find weights
+
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"checkpoint folder {checkpoint_dir!r} does not exist")
     config = load_config(checkpoint_dir)

@@ -11,18 +11,56 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import os
 import re
 import signal
 import sys
+import tempfile
 import typing
 
 from infusion_tf import config as config_lib
 from infusion_tf.config import InfusionConfig
 
-__all__ = ["OneLineErrorParser", "add_config_flags", "config_from_flags", "train_parser", "train_main"]
+__all__ = ["OneLineErrorParser", "quiet_tensorflow_logs", "field_help", "add_config_flags", "config_from_flags", "train_parser",
+           "train_main"]
 
 # Fields set by other means: the dataset by --dataset, the example shape by the data.
 _NOT_FLAGS = ("dataset", "example_shape")
+
+
+# TensorFlow's C++ start-up lines a user need not see: absl's "before InitializeLog" notice, INFO/WARNING lines
+# (the oneDNN notice, "Could not find cuda drivers") and the CUDA probe's error on a machine without a GPU driver.
+_START_UP_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} |E\d{4} .*(cuInit|cuda)"
+                             r"|To enable the following instructions|rebuild TensorFlow with)")
+
+
+def quiet_tensorflow_logs() -> None:
+    """Imports TensorFlow with its C++ start-up log out of sight, unless the user set TF_CPP_MIN_LOG_LEVEL.
+
+    TF_CPP_MIN_LOG_LEVEL=2 hides later INFO and WARNING lines, but the lines written while TensorFlow loads
+    and probes for GPUs come before absl's log is set up and ignore it: they go to a temporary file, and
+    what is not known start-up noise is written to stderr afterwards. Call it before anything imports
+    TensorFlow (infusion_tf's own __init__ does not).
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # the CUDA probe logs here
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                    if line.strip() and not _START_UP_NOISE.match(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -32,16 +70,16 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def _field_help() -> dict[str, str]:
-    """Field name -> the comment beside it in InfusionConfig's source."""
-    source = inspect.getsource(InfusionConfig)
+def field_help(cls: type = InfusionConfig) -> dict[str, str]:
+    """Field name -> the comment beside it in a dataclass's source: the help text of its flag."""
+    source = inspect.getsource(cls)
     return {m.group(1): m.group(2).strip()
             for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.*)$", source, flags=re.MULTILINE)}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Adds --<field> for each InfusionConfig field; every default is None (= keep the preset's value)."""
-    helps = _field_help()
+    helps = field_help(InfusionConfig)
     hints = typing.get_type_hints(InfusionConfig)
     group = parser.add_argument_group("model and training settings (defaults: the dataset's preset)")
     for field in dataclasses.fields(InfusionConfig):
@@ -95,16 +133,29 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def export_main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script `infusion-export` (`python -m infusion_tf.export`), TensorFlow quiet."""
+    quiet_tensorflow_logs()
+    from infusion_tf.export import main
+
+    return main(argv)
+
+
 def train_main(argv: list[str] | None = None) -> int:
     """Entry point of `python train/run.py`; returns the exit status."""
     args = train_parser().parse_args(argv)
+    quiet_tensorflow_logs()
     dataset_given = args.dataset is not None
     args.dataset = args.dataset or "mnist"
     output_dir = args.output_dir or f"runs/{args.dataset}"
     try:
         from infusion_tf import data as data_lib
+        from infusion_tf import precision as precision_lib
         from infusion_tf import training
 
+        precision_note = None
+        if args.precision == "auto":  # a resumed run keeps the precision it chose when it started
+            args.precision, precision_note = (None, None) if args.resume else precision_lib.resolve_precision("auto")
         if args.resume:  # the run's own config; flags other than training.RESUMABLE_FIELDS must agree with it
             config = training.resume_config(output_dir, _given_flags(args))
             if dataset_given and args.dataset != config.dataset:
@@ -116,6 +167,11 @@ def train_main(argv: list[str] | None = None) -> int:
             # Another TFDS dataset: its example shape comes from the data.
             shape = data_lib.load_splits(args.dataset, data_dir=args.data_dir).example_shape
             config = config_from_flags(args, shape)
+        if precision_note and args.verbose:
+            print(f"precision: {config.precision} ({precision_note})")
+        warning = precision_lib.slow_bfloat16_warning(config.precision)
+        if warning:
+            print(warning, file=sys.stderr)
         if args.deterministic:
             import tensorflow as tf
 

@@ -16,6 +16,8 @@ import os
 import typing
 from typing import Any
 
+from infusion_tf.precision import PRECISIONS
+
 __all__ = ["InfusionConfig", "PRESETS", "preset", "save_config", "load_config", "CONFIG_FILENAME"]
 
 CONFIG_FILENAME = "config.json"
@@ -24,7 +26,6 @@ _OPERATORS = ("mlp", "conv")
 _VARIANCES = ("diagonal", "isotropic")
 _OBJECTIVES = ("denoising", "lower_bound")
 _SCHEDULES = ("increasing", "constant")
-_PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +62,10 @@ class InfusionConfig:
     learning_rate: float = 1e-3  # Adam
     epochs: int = 1500  # the authors' code; early stopping on the validation bound picks the model
     patience: int | None = None  # stop after this many epochs without a better validation bound; None: never
-    precision: str = "float32"  # float32 | mixed_bfloat16 (densities stay float32)
+    precision: str = "float32"  # float32 | mixed_bfloat16 (densities stay float32) | auto: bfloat16 where the hardware has the units
     seed: int = 0
     # --- outputs
-    sample_every: int = 5  # write sample and chain PNGs every this many epochs
+    sample_every: int = 5  # write sample and chain PNGs after epoch 1 and every this many epochs
     sampling_steps: int = 30  # the paper samples 30 steps from a 15-step model (Section 4.2)
 
     def __post_init__(self) -> None:
@@ -75,7 +76,7 @@ class InfusionConfig:
         _check_choice("variance", self.variance, _VARIANCES)
         _check_choice("objective", self.objective, _OBJECTIVES)
         _check_choice("schedule", self.schedule, _SCHEDULES)
-        _check_choice("precision", self.precision, _PRECISIONS)
+        _check_choice("precision", self.precision, PRECISIONS)
         if not self.dataset or not self.dataset.strip():
             raise ValueError("dataset must be a non-empty name, got an empty string")
         for name in ("num_steps", "width", "depth", "batch_size", "epochs", "sample_every", "sampling_steps"):
