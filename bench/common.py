@@ -41,11 +41,11 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from infusion_tf.provenance import environment  # noqa: E402
+from infusion_tf.provenance import environment, portable_argv, portable_path  # noqa: E402
 
 __all__ = ["REPO", "RESULTS_DIR", "PEAK_SIZES", "matmul_peak", "measure_peaks", "operator_forward_flops",
-           "environment", "peak_rss_mb", "write_results", "read_results", "print_table", "base_parser",
-           "percentile_summary", "reset_keras"]
+           "environment", "portable_argv", "peak_rss_mb", "write_results", "read_results", "print_table",
+           "base_parser", "percentile_summary", "reset_keras"]
 
 RESULTS_DIR = REPO / "bench" / "results"
 PEAK_SIZES = (1024, 2048)
@@ -144,8 +144,8 @@ def write_results(script_name: str, rows: list[dict], *, results_dir=None, setti
     folder.mkdir(parents=True, exist_ok=True)
     document = {
         "script": script_name,
-        "command": [sys.executable, *sys.argv],
-        "settings": settings or {},
+        "command": portable_argv([sys.executable, *sys.argv]),  # no folder of this machine in committed results
+        "settings": {key: _portable(value) for key, value in (settings or {}).items()},
         "environment": environment(),
         "started": None if started is None else datetime.datetime.fromtimestamp(
             started, datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -158,6 +158,12 @@ def write_results(script_name: str, rows: list[dict], *, results_dir=None, setti
     tmp.write_text(json.dumps(document, indent=2, default=_json_default) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def _portable(value):
+    """A setting that is a path (a Path, or a str naming an absolute path) as provenance.portable_path writes it."""
+    is_path = isinstance(value, Path) or (isinstance(value, str) and os.path.isabs(value))
+    return portable_path(value) if is_path else value
 
 
 def _json_default(value):

@@ -59,7 +59,7 @@ def train_row(folder: str, train_examples: int, validation_examples: int | None)
     result = run_measured(command, os.path.join(folder, "train.log"))
     row = {"name": f"train 1 epoch, {train_examples} examples", "peak_rss_mb": result["peak_rss_mb"],
            "bound_mb": TRAIN_BOUND_MB, "within_bound": result["peak_rss_mb"] < TRAIN_BOUND_MB,
-           "wall_seconds": result["wall_seconds"], "command": " ".join(command[1:])}
+           "wall_seconds": result["wall_seconds"], "command": " ".join(common.portable_argv(command[1:]))}
     return row, run
 
 
@@ -75,7 +75,7 @@ def is_row(folder: str, checkpoint: str, k: int, rows_per_call: int, num_example
             "rows_per_call_used": chains_per_call * examples_per_call, "num_examples": num_examples,
             "peak_rss_mb": result["peak_rss_mb"], "bound_mb": None, "within_bound": None,
             "mb_over_smallest_k": None, "wall_seconds": result["wall_seconds"],
-            "command": " ".join(command[1:])}
+            "command": " ".join(common.portable_argv(command[1:]))}
 
 
 def main(argv=None) -> list[dict]:

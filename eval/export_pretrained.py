@@ -31,7 +31,6 @@ from infusion_tf import provenance
 __all__ = ["ExportSettings", "export_pretrained", "check_points", "lower_bound_check", "use_shipped_batch_norm",
            "export_parser", "main"]
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK_TOLERANCE_NATS = 1e-3  # same weights, same chains: only float rounding may differ
 
 
@@ -113,6 +112,8 @@ def _matching_results(settings: ExportSettings, weights_path: str) -> tuple[list
         path = os.path.join(settings.checkpoint, name)
         with open(path) as f:
             used = json.load(f).get("settings", {}).get("weights")
+        if used not in (None, "best", "last"):
+            used = provenance.local_path(used)  # a weights file, recorded relative to the repository or ~
         try:
             same = os.path.samefile(find_weights(settings.checkpoint, used), weights_path)
         except FileNotFoundError:
@@ -168,11 +169,7 @@ def _training_command(config, checkpoint: str) -> str:
 
 def _display(path: str) -> str:
     """A path as a reader would type it: relative inside the repository, ~ for the home folder."""
-    path = os.path.abspath(path)
-    if path.startswith(REPO + os.sep):
-        return os.path.relpath(path, REPO)
-    home = os.path.expanduser("~")
-    return "~" + path[len(home):] if home != os.sep and path.startswith(home + os.sep) else path
+    return provenance.portable_path(path)
 
 
 def _mean(summary: dict) -> float:

@@ -131,8 +131,8 @@ def _value(result: dict) -> str:
 
 def write_report(checkpoint: str, rows: list[Row], results: list[dict], output_dir: str) -> str:
     """Writes report.md and report.json in output_dir; returns report.md's text."""
-    env = results[0].get("environment", {})
-    lines = [f"Checkpoint `{checkpoint}`, weights sha256 `{results[0].get('weights_sha256', '?')[:12]}`; "
+    env, shown = results[0].get("environment", {}), provenance.portable_path(checkpoint)  # no folder of this machine
+    lines = [f"Checkpoint `{shown}`, weights sha256 `{results[0].get('weights_sha256', '?')[:12]}`; "
              f"{results[0]['settings']['num_examples']} test examples unless the row says otherwise; "
              f"+- is the standard deviation over repeats (as the paper's Table 2), s.e. the standard error over "
              f"test examples.",
@@ -151,8 +151,8 @@ def write_report(checkpoint: str, rows: list[Row], results: list[dict], output_d
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(output_dir, "report.json"), "w") as f:
-        json.dump({"checkpoint": checkpoint, "rows": [{"name": r.name, "label": r.label, "arguments": r.arguments,
-                                                       "result": res} for r, res in zip(rows, results)]},
+        json.dump({"checkpoint": shown, "rows": [{"name": r.name, "label": r.label, "arguments": r.arguments,
+                                                 "result": res} for r, res in zip(rows, results)]},
                   f, indent=2)
     return text
 

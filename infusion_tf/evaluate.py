@@ -185,8 +185,18 @@ def _sample_quality(model, x, train_array, settings: EvalSettings, folder: str) 
             quality.save_nearest_neighbour_figure(figure, samples[:10], train)
     test_score = quality.classifier_inception_score(classifier, x)[0]
     return {"inception_score": _summary(scores, ""), "frechet_distance": _summary(distances, ""),
-            "test_images_inception_score": float(test_score), "nearest_neighbour_figure": figure,
+            "test_images_inception_score": float(test_score),
+            "nearest_neighbour_figure": provenance.portable_path(figure),
             "mean_nats": None, "std_nats": None}
+
+
+def _recorded_settings(settings: EvalSettings) -> dict:
+    """The settings as results.json records them: paths relative to the repository or ~ (portable_path)."""
+    paths = {"checkpoint", "output", "data_dir"}
+    if settings.weights not in (None, "best", "last"):
+        paths.add("weights")  # a weights file, not a name
+    return {name: provenance.portable_path(value) if name in paths else value
+            for name, value in dataclasses.asdict(settings).items()}
 
 
 def batch_norm_cache_path(weights_path: str) -> str:
@@ -217,7 +227,7 @@ def use_recomputed_batch_norm(model, weights_path: str, train: np.ndarray, *, se
         if stored == key:
             estimators.set_batch_norm_statistics(model, stats)
             print(f"batch-norm statistics over {len(train)} training examples read from {path}")
-            return {**change, "cache": path}
+            return {**change, "cache": provenance.portable_path(path)}
     started = time.time()
     print(f"recomputing batch-norm statistics over {len(train)} training examples")
     change = estimators.recompute_batch_norm_statistics(model, train, seed=seed, progress=True)
@@ -287,7 +297,7 @@ def evaluate(settings: EvalSettings) -> dict:
         quantized = config.dequantize or len(config.example_shape) == 3
         result["bits_per_dim"] = estimators.bits_per_dim(result["mean_nats"], config.num_dims, quantized)
     result["batch_norm"] = batch_norm
-    result["settings"] = {**dataclasses.asdict(settings), "chains": settings.chains, "config": config.to_dict()}
+    result["settings"] = {**_recorded_settings(settings), "chains": settings.chains, "config": config.to_dict()}
     result["weights_sha256"] = provenance.file_sha256(weights_path)
     result["wall_seconds"] = time.time() - started
     result["environment"] = provenance.environment()

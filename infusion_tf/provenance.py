@@ -13,7 +13,8 @@ import platform
 import subprocess
 from pathlib import Path
 
-__all__ = ["REPO", "cpu_model", "git", "git_commit", "environment", "file_sha256"]
+__all__ = ["REPO", "cpu_model", "git", "git_commit", "environment", "file_sha256", "portable_path", "portable_argv",
+           "local_path"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,3 +97,39 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def portable_path(path) -> str | None:
+    """A path as a reader on another machine would type it, for results and benchmark records.
+
+    Relative to the repository root when inside it ("." for the root), `~/...` under the home folder, otherwise
+    the absolute path; None stays None. local_path() turns it back into a path of this machine.
+    """
+    if path is None:
+        return None
+    absolute = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    for candidate in dict.fromkeys((absolute, os.path.realpath(absolute))):  # the repository may be a symlink
+        if candidate == str(REPO) or candidate.startswith(str(REPO) + os.sep):
+            return os.path.relpath(candidate, REPO)
+    home = os.path.expanduser("~")
+    if home not in ("", os.sep, "~") and absolute.startswith(home.rstrip(os.sep) + os.sep):
+        return "~" + absolute[len(home.rstrip(os.sep)):]
+    return absolute
+
+
+def portable_argv(argv) -> list[str]:
+    """A command line with every absolute path in it (`/a/b`, `--flag=/a/b`) made portable_path."""
+    portable = []
+    for argument in map(str, argv):
+        flag, equals, value = argument.partition("=") if argument.startswith("-") else ("", "", argument)
+        if os.path.isabs(value):
+            argument = flag + equals + portable_path(value)
+        portable.append(argument)
+    return portable
+
+
+def local_path(recorded: str | None) -> str | None:
+    """A path recorded by portable_path as a path of this machine: `~` expanded, relative to the repository."""
+    if recorded is None:
+        return None
+    return str(REPO / os.path.expanduser(recorded))

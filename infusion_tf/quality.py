@@ -10,7 +10,7 @@ scale (u + U[0, 1)) / 256, differ from u / 255 by less than 1/256 per pixel.
 
 Pretrained classifiers live in pretrained/classifiers/<dataset>/ of the repository and are rebuilt by
     python -m infusion_tf.quality --dataset mnist
-    python -m infusion_tf.quality --dataset fashion_mnist --data-dir /work/shared/data/fashion_mnist
+    python -m infusion_tf.quality --dataset fashion_mnist --data-dir DIR   # DIR: the four Fashion-MNIST IDX files
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import scipy.linalg
 import tensorflow as tf
 from scipy.special import logsumexp
 
-from infusion_tf import data, visualize
+from infusion_tf import data, provenance, visualize
 
 __all__ = ["PRETRAINED_DIR", "load_labels", "build_classifier", "train_classifier", "load_classifier",
            "inception_score_from_probs", "classifier_inception_score", "frechet_distance", "feature_statistics",
@@ -41,7 +41,7 @@ __all__ = ["PRETRAINED_DIR", "load_labels", "build_classifier", "train_classifie
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained" / "classifiers"
 _LABEL_MD5 = {"mnist": {"train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
                         "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}}
-_DATA_DIR_HINT = {"fashion_mnist": " --data-dir /work/shared/data/fashion_mnist"}
+_DATA_DIR_HINT = {"fashion_mnist": " --data-dir DIR"}  # DIR: a folder of the four IDX files (not shipped)
 DEFAULT_EPOCHS = {"mnist": 6, "fashion_mnist": 10}  # the committed classifiers; ~10-20 s an epoch on 2 CPU cores
 
 
@@ -172,8 +172,8 @@ def train_classifier(dataset: str = "mnist", data_dir: str | None = None, epochs
     dead = int(np.sum(np.diag(feature_cov) <= 1e-12))  # ReLU units silent on all validation images
     if command is None:
         command = shlex.join(["python", "-m", "infusion_tf.quality", "--dataset", dataset, "--epochs", str(epochs)]
-                             + (["--data-dir", str(data_dir)] if data_dir else [])
-                             + (["--output-dir", str(output_dir)] if output_dir else []))
+                             + (["--data-dir", provenance.portable_path(data_dir)] if data_dir else [])
+                             + (["--output-dir", provenance.portable_path(output_dir)] if output_dir else []))
     results = {"dataset": dataset, "test_accuracy": accuracy["test"], "validation_accuracy": accuracy["validation"],
                "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
                "wall_seconds": round(time.time() - start, 1), "command": command,
@@ -338,8 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default=None, help="default: pretrained/classifiers/<dataset>")
     args = parser.parse_args(argv)
+    command = shlex.join(["python", "-m", "infusion_tf.quality", *provenance.portable_argv(argv)])
     results = train_classifier(args.dataset, args.data_dir, args.epochs, args.batch_size, args.learning_rate,
-                               args.seed, args.output_dir, command=shlex.join(["python", "-m", "infusion_tf.quality", *argv]))
+                               args.seed, args.output_dir, command=command)
     print(json.dumps(results, indent=2))
     return 0
 

@@ -1,4 +1,10 @@
-"""Shared fixtures: quiet TensorFlow logs and a small slice of real MNIST."""
+"""Shared fixtures: quiet TensorFlow logs, a small slice of real MNIST, and data beside the checkout.
+
+Every test runs on a fresh clone with nothing beside it: MNIST comes from the files shipped in
+infusion_tf/datasets/mnist. The few tests that need data the package does not ship (Fashion-MNIST) carry the
+`shared_data` marker, read ../shared/data beside the checkout, and skip when it is absent
+(`python -m pytest tests -m shared_data` runs only them).
+"""
 
 import gzip
 import os
@@ -10,8 +16,28 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-MNIST_TRAIN = REPO.parent / "shared" / "data" / "mnist" / "train-images-idx3-ubyte.gz"
+MNIST_TRAIN = REPO / "infusion_tf" / "datasets" / "mnist" / "train-images-idx3-ubyte.gz"  # shipped with the package
+SHARED_DATA = REPO.parent / "shared" / "data"  # the project's data folder beside the checkout; absent on a clone
 NUM_IMAGES = 512
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "shared_data: needs data the package does not ship, from ../shared/data "
+                                       "beside the checkout; skipped when that folder is absent")
+
+
+def shared_data_dir(name: str) -> pathlib.Path:
+    """../shared/data/<name> beside the checkout; skips the calling test when it is absent."""
+    folder = SHARED_DATA / name
+    if not folder.is_dir():
+        pytest.skip(f"{name} is not shipped with the package and ../shared/data/{name} is not beside the checkout")
+    return folder
+
+
+@pytest.fixture
+def fashion_mnist_dir() -> pathlib.Path:
+    """The Fashion-MNIST IDX files in ../shared/data/fashion_mnist; the test is skipped without them."""
+    return shared_data_dir("fashion_mnist")
 
 
 def _read_idx_images(path: pathlib.Path, count: int) -> np.ndarray:
@@ -27,8 +53,8 @@ def _read_idx_images(path: pathlib.Path, count: int) -> np.ndarray:
 def mnist_uint8() -> np.ndarray:
     """512 real MNIST training images, uint8 [512, 28, 28, 1].
 
-    Through `infusion_tf.data.load_splits("mnist")` when that works, else read with gzip + numpy from
-    ../shared/data, so the model tests do not fail with the data pipeline (tests/test_data.py covers it).
+    Through `infusion_tf.data.load_splits("mnist")` when that works, else read with gzip + numpy from the
+    same shipped file, so the model tests do not fail with the data pipeline (tests/test_data.py covers it).
     """
     try:
         from infusion_tf.data import load_splits
@@ -38,8 +64,7 @@ def mnist_uint8() -> np.ndarray:
             raise ValueError(f"unexpected MNIST array {images.dtype} {images.shape}")
         return images
     except Exception:  # noqa: BLE001 -- any failure of the other module falls back to the reference reader
-        path = MNIST_TRAIN if MNIST_TRAIN.is_file() else REPO / "infusion_tf" / "datasets" / "mnist" / MNIST_TRAIN.name
-        return _read_idx_images(path, NUM_IMAGES)
+        return _read_idx_images(MNIST_TRAIN, NUM_IMAGES)
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,16 @@ def test_write_results_and_print_table(common, tmp_path, capsys):
         common.write_results("example", [{"examples_per_second": 1.0}], results_dir=tmp_path)
 
 
+def test_write_results_records_no_folder_of_this_machine(common, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", [str(BENCH / "memory.py"), "--checkpoint", str(tmp_path / "runs" / "x")])
+    settings = {"results_dir": BENCH / "results", "checkpoint": str(tmp_path / "runs" / "x"), "typed": "runs/y", "k": 2}
+    document = json.loads(common.write_results("example", [{"name": "a"}], results_dir=tmp_path / "out",
+                                               settings=settings).read_text())
+    assert document["command"][1:] == ["bench/memory.py", "--checkpoint", "~/runs/x"]
+    assert document["settings"] == {"results_dir": "bench/results", "checkpoint": "~/runs/x", "typed": "runs/y", "k": 2}
+
+
 def _run_quick(script: str, results_dir) -> dict:
     completed = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--quick", "--results-dir",
                                 str(results_dir)], cwd=str(REPO), capture_output=True, text=True, timeout=300)

@@ -11,8 +11,7 @@ import tensorflow as tf
 from infusion_tf import data
 
 MNIST_DIR = Path(data.__file__).resolve().parent / "datasets" / "mnist"
-FASHION_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist"  # ../shared beside the repo
-# Label counts by digit from /work/shared/data/README.md.
+# Label counts by digit of the published MNIST files (the ones shipped in infusion_tf/datasets/mnist).
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 TRAIN_IMAGES_MD5 = "f68b3c2dcbeaaa9fbdd348bbdeb94873"
@@ -114,9 +113,9 @@ def test_load_idx_splits_validation_size():
             data.load_idx_splits("mnist", validation_examples=bad)
 
 
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Fashion-MNIST files not available")
-def test_load_idx_splits_fashion_mnist_from_data_dir():
-    splits = data.load_splits("fashion_mnist", data_dir=str(FASHION_DIR))
+@pytest.mark.shared_data
+def test_load_idx_splits_fashion_mnist_from_data_dir(fashion_mnist_dir):
+    splits = data.load_splits("fashion_mnist", data_dir=str(fashion_mnist_dir))
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (50_000, 10_000, 10_000)
     assert splits.example_shape == (28, 28, 1) and splits.name == "fashion_mnist"
 

@@ -60,6 +60,20 @@ def test_fixed_seed_gives_identical_results(checkpoint, tmp_path):
     assert a["repeats_nats"] == b["repeats_nats"]
 
 
+def test_results_name_no_folder_of_this_machine(checkpoint, tmp_path, monkeypatch):
+    """Paths under the home folder are recorded as ~/... (provenance.portable_path); names stay names."""
+    home = os.path.dirname(os.path.dirname(checkpoint))  # holds both the run folder and tmp_path
+    monkeypatch.setenv("HOME", home)
+    weights = os.path.join(checkpoint, "checkpoints", "best.weights.h5")
+    run(checkpoint, tmp_path, estimator="lower_bound", k=2, repeats=1, weights=weights)
+    recorded = json.loads((tmp_path / "results.json").read_text())["settings"]
+    assert recorded["checkpoint"] == os.path.join("~", os.path.relpath(checkpoint, home))
+    assert recorded["weights"] == os.path.join("~", os.path.relpath(weights, home))
+    assert recorded["output"] == os.path.join("~", os.path.relpath(tmp_path / "results.json", home))
+    run(checkpoint, tmp_path, estimator="lower_bound", k=2, repeats=1, weights="best")
+    assert json.loads((tmp_path / "results.json").read_text())["settings"]["weights"] == "best"
+
+
 def test_recomputed_batch_norm_is_reported(checkpoint, tmp_path):
     result = run(checkpoint, tmp_path, estimator="lower_bound", k=2, repeats=1, batch_norm="recompute",
                  batch_norm_cache=False)

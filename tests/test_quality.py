@@ -1,7 +1,6 @@
 """Tests for infusion_tf.quality: Inception score, Frechet distance, nearest neighbours, labels, classifiers."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +8,7 @@ import tensorflow as tf
 
 from infusion_tf import data, quality
 
-FASHION_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist"  # ../shared beside the repo
-# Label counts by class from /work/shared/data/README.md (train = our train + validation).
+# Label counts by class of the published MNIST files (train = our train + validation).
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -146,9 +144,9 @@ def test_load_labels_mnist_counts():
     np.testing.assert_array_equal(np.bincount(test, minlength=10), MNIST_TEST_COUNTS)
 
 
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Fashion-MNIST not in /work/shared/data")
-def test_load_labels_fashion_mnist_counts():
-    train, validation, test = quality.load_labels("fashion_mnist", str(FASHION_DIR))
+@pytest.mark.shared_data
+def test_load_labels_fashion_mnist_counts(fashion_mnist_dir):
+    train, validation, test = quality.load_labels("fashion_mnist", str(fashion_mnist_dir))
     np.testing.assert_array_equal(np.bincount(np.concatenate([train, validation])), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(test), [1000] * 10)
 
