@@ -2,6 +2,7 @@
 
 Writes a small folder that `infusion_tf.checkpoint.load_checkpoint` and `eval/run.py --checkpoint` read:
     config.json               the run's config
+    data_source.json          the run's data source (kind, dataset, fingerprint) without its folder, when recorded
     best.weights.h5           the chosen weights without optimizer state (last.weights.h5 for --weights last)
     best.batch_norm.npz       the statistics recomputed over the training set, when eval/run.py kept them
     results_*.json            the run's evaluation results that were computed on these weights
@@ -70,10 +71,15 @@ def _check_output(settings: ExportSettings) -> None:
 
 
 def check_points(config, settings: ExportSettings) -> np.ndarray:
-    """The first check_examples test examples as the model sees them, dequantized with `seed`. float32 [n, ...]"""
-    from infusion_tf import data
+    """The first check_examples test examples as the model sees them, dequantized with `seed`. float32 [n, ...]
 
-    test = data.load_splits(config.dataset, data_dir=settings.data_dir, seed=config.seed).test
+    The test images are the run's own (training.load_run_data: where the checkpoint's data_source.json says,
+    or settings.data_dir holding the same data).
+    """
+    from infusion_tf import data
+    from infusion_tf.training import load_run_data
+
+    test = load_run_data(config, settings.checkpoint, settings.data_dir)[0].test
     dataset = data.make_eval_dataset(test[:settings.check_examples], 1000, seed=settings.seed,
                                      dequantize=config.dequantize)
     return np.concatenate([np.asarray(batch) for batch in dataset], axis=0)
@@ -91,13 +97,18 @@ def lower_bound_check(model, x: np.ndarray, settings: ExportSettings, batch_norm
 
 
 def use_shipped_batch_norm(model, folder: str, seed: int = 0, data_dir: str | None = None) -> str:
-    """Sets the model's statistics to the recomputed ones shipped in `folder` (or recomputes them); returns the file."""
+    """Sets the model's statistics to the recomputed ones shipped in `folder` (or recomputes them); returns the file.
+
+    The training images are the folder's own data (training.load_run_data), as eval/run.py finds them.
+    """
     from infusion_tf.checkpoint import find_weights
     from infusion_tf.evaluate import batch_norm_cache_path, use_recomputed_batch_norm
-    from infusion_tf.training import load_training_data
+    from infusion_tf.training import load_run_data
 
     weights = find_weights(folder)
-    use_recomputed_batch_norm(model, weights, load_training_data(model.config, data_dir).train, seed=seed)
+    splits, source = load_run_data(model.config, folder, data_dir)
+    use_recomputed_batch_norm(model, weights, splits.train[:model.config.train_examples], seed=seed,
+                              data_fingerprint=source["fingerprint"])
     return batch_norm_cache_path(weights)
 
 
@@ -307,9 +318,14 @@ def _write_folder(settings: ExportSettings, staging: str, model, weights_path: s
     from infusion_tf.checkpoint import load_checkpoint
     from infusion_tf.config import save_config
     from infusion_tf.evaluate import copy_batch_norm_cache
+    from infusion_tf.training import DATA_SOURCE_FILENAME, read_data_source
 
     name = "last.weights.h5" if os.path.basename(weights_path) == "last.weights.h5" else "best.weights.h5"
     save_config(model.config, staging)
+    recorded = read_data_source(settings.checkpoint)
+    if recorded is not None:  # the folder of this machine means nothing elsewhere: a user passes --data-dir there
+        with open(os.path.join(staging, DATA_SOURCE_FILENAME), "w") as f:
+            json.dump({**recorded, "data_dir": None}, f, indent=2)
     model.save_weights(os.path.join(staging, name))  # an uncompiled model: no optimizer state
     shipped_statistics = copy_batch_norm_cache(weights_path, os.path.join(staging, name))
     if shipped_statistics:  # saves users the 1-2 minutes of recomputing them for every evaluation
@@ -330,7 +346,8 @@ def _write_folder(settings: ExportSettings, staging: str, model, weights_path: s
         raise ValueError(f"the exported folder's lower bound {check['mean_nats']:.4f} differs from the "
                          f"checkpoint's {source_check['mean_nats']:.4f} nats")
     if shipped_statistics:  # the number a user gets from `eval/run.py --checkpoint <output>` on the same examples
-        use_shipped_batch_norm(exported, staging, settings.seed, settings.data_dir)
+        data_dir = settings.data_dir or (recorded or {}).get("data_dir")  # the staging record has no folder
+        use_shipped_batch_norm(exported, staging, settings.seed, data_dir)
         checks = {"check_recomputed": lower_bound_check(exported, x, settings, "recomputed (best.batch_norm.npz)")}
     else:
         checks = {}
@@ -390,7 +407,8 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-examples", type=int, default=100, help="test examples checked (default: 100)")
     parser.add_argument("--check-chains", type=int, default=10, help="chains per example checked (default: 10)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", default=None, help="IDX folder for datasets not bundled (fashion_mnist)")
+    parser.add_argument("--data-dir", default=None,
+                        help="the run's data, when they are no longer where its data_source.json says")
     parser.add_argument("--note", action="append", default=[],
                         help="a line for the README's training section, e.g. \"Hardware: 2 CPU cores\" (repeatable)")
     return parser

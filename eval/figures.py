@@ -40,7 +40,7 @@ class FigureSettings:
     inpaint_digits: int = 10  # test digits in the inpainting figure, the first of the test split
     completions: int = 6  # completions per digit
     neighbours: int = 3  # nearest training images per sample
-    data_dir: str | None = None
+    data_dir: str | None = None  # None: the run's data, where its data_source.json says (or the package's MNIST)
 
     def __post_init__(self):
         if self.batch_norm not in ("moving", "recompute"):
@@ -58,18 +58,19 @@ def _load(settings: FigureSettings):
     """(model, training images uint8, test images uint8): the checkpoint's model with the chosen statistics."""
     from infusion_tf.checkpoint import find_weights, load_checkpoint
     from infusion_tf.evaluate import use_recomputed_batch_norm
-    from infusion_tf.training import load_training_data
+    from infusion_tf.training import load_run_data
 
     model = load_checkpoint(settings.checkpoint, settings.weights)
     config = model.config
     if len(config.example_shape) != 3:
         raise ValueError(f"the figures are image grids; {settings.checkpoint!r} models {config.dataset!r} with "
                          f"examples of shape {config.example_shape}")
-    splits = load_training_data(config, settings.data_dir)  # the run's training images; checks the shape
-    train = splits.train
+    # The run's own data, where its data_source.json says (--data-dir when they moved); checks the shape.
+    splits, source = load_run_data(config, settings.checkpoint, settings.data_dir)
+    train = splits.train[:config.train_examples]  # the run's training images
     if settings.batch_norm == "recompute":  # as eval/run.py: the same statistics, read from its cache if there
         use_recomputed_batch_norm(model, find_weights(settings.checkpoint, settings.weights), train,
-                                  seed=settings.seed)
+                                  seed=settings.seed, data_fingerprint=source["fingerprint"])
     return model, train, splits.test
 
 

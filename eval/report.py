@@ -87,10 +87,15 @@ def _settings(checkpoint: str, row: Row, output: str) -> evaluate.EvalSettings:
 
 
 def _same_run(saved: dict, settings: evaluate.EvalSettings, weights_path: str) -> bool:
-    """Whether a results.json was computed with these settings on the current weights file."""
+    """Whether a results.json was computed with these settings on the current weights file, on points dequantized
+    as they are now (results written before results recorded it followed settings.dequantize, then always True)."""
+    from infusion_tf.config import load_config
+
     keys = ("estimator", "num_examples", "k", "repeats", "seed", "precision", "batch_norm", "split")
     wanted = dataclasses.asdict(settings)
-    return (all(saved.get("settings", {}).get(key) == wanted[key] for key in keys)
+    dequantize = load_config(settings.checkpoint).dequantize if settings.dequantize is None else settings.dequantize
+    used = saved.get("dequantize", {}).get("used", saved.get("settings", {}).get("dequantize", True))
+    return (all(saved.get("settings", {}).get(key) == wanted[key] for key in keys) and used == dequantize
             and saved.get("weights_sha256") == provenance.file_sha256(weights_path))
 
 

@@ -21,7 +21,8 @@ import tensorflow as tf
 
 __all__ = ["IMAGE_DATASETS", "TOY_DATASETS", "Splits", "read_idx", "load_idx_splits", "load_tfds_splits",
            "toy_samples", "toy_to_raw", "mixture_of_gaussians_log_density", "banana_log_density",
-           "load_splits", "pixel_statistics", "to_unit_interval", "make_train_dataset", "make_eval_dataset"]
+           "load_splits", "splits_fingerprint", "data_source", "pixel_statistics", "to_unit_interval",
+           "make_train_dataset", "make_eval_dataset"]
 
 IMAGE_DATASETS = ("mnist", "fashion_mnist")  # read from local IDX files
 TOY_DATASETS = ("mixture_of_gaussians", "banana")
@@ -297,6 +298,41 @@ def load_splits(dataset: str, data_dir: str | None = None, validation_examples: 
         sizes = (_TRAIN_EXAMPLES, validation_examples, _TEST_EXAMPLES)
         return Splits(dataset, *(_toy_samples(dataset, n, rng) for n, rng in zip(sizes, rngs)))
     return load_tfds_splits(dataset, data_dir, validation_examples)
+
+
+def splits_fingerprint(splits: Splits) -> str:
+    """sha256 of the three arrays of `splits` (dtype, shape and bytes of train, validation, test), hex.
+
+    A fingerprint of content, not of files: the same images read from a moved, recompressed or uncompressed
+    copy of the IDX files give the same value; a file with other or fewer images gives another.
+    """
+    digest = hashlib.sha256()
+    for split in ("train", "validation", "test"):
+        array = np.ascontiguousarray(getattr(splits, split))
+        digest.update(f"{split} {array.dtype.str} {array.shape}\n".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def data_source(dataset: str, data_dir: str | None, splits: Splits) -> dict:
+    """Where `splits` (as load_splits(dataset, data_dir) returned them) came from, as JSON-ready values.
+
+    kind: "toy" (generated from the seed; data_dir is ignored), "bundled" (the md5-checked MNIST files inside
+    the package), "idx" (the IDX files in data_dir) or "tfds" (TensorFlow Datasets; data_dir None is TFDS's
+    default folder). data_dir: an absolute path, or None. fingerprint: splits_fingerprint(splits).
+    """
+    if dataset in TOY_DATASETS:
+        kind, data_dir = "toy", None
+    elif dataset in IMAGE_DATASETS and data_dir is None and dataset in _BUNDLED_MD5:
+        kind = "bundled"
+    elif dataset in IMAGE_DATASETS and data_dir is not None and any(
+            (Path(data_dir) / f"train-images-idx3-ubyte{suffix}").is_file() for suffix in (".gz", "")):
+        kind = "idx"
+    else:  # any other name, or an IMAGE_DATASETS name without IDX files, is read through TFDS
+        kind = "tfds"
+    return {"dataset": dataset, "kind": kind, "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+            "fingerprint": splits_fingerprint(splits),
+            "examples": {split: len(getattr(splits, split)) for split in ("train", "validation", "test")}}
 
 
 def _two_pass_moments(array: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:

@@ -11,9 +11,11 @@ Every estimator runs --repeats times with different chains (or samples) and repo
 standard deviation over repeats, as Table 2 does. Before estimating, every step's batch-norm statistics
 are recomputed over the whole training set (Appendix A.1) unless --batch-norm moving; the recomputed
 statistics are kept beside the weights (`best.batch_norm.npz`, keyed by the weights' hash) and reused by
-the next evaluation of the same weights (--no-batch-norm-cache recomputes and writes nothing). Test points get
-uniform dequantization noise of 1/256 (fixed by --seed), as the paper and Wu et al. (2016).
-Results go to `<checkpoint>/results_<estimator>.json` (or --output).
+the next evaluation of the same weights (--no-batch-norm-cache recomputes and writes nothing). Evaluated points are
+dequantized as the run trained (config.dequantize: uniform noise of 1/256 fixed by --seed, as the paper and Wu et
+al. (2016)) unless --dequantize / --no-dequantize says otherwise. The data are the run's own, found where its
+data_source.json says (--data-dir only when they have moved; other data are refused).
+Results go to `<checkpoint>/results_<estimator>.json` (or --output), with the dequantization used and the data source.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class EvalSettings:
     weights: str | None = None  # best | last | a path; None: best if present, else last
     batch_norm: str = "recompute"  # recompute over the training set (the paper) | moving (training's averages)
     batch_norm_cache: bool = True  # reuse (and write) <weights>.batch_norm.npz beside the weights
-    dequantize: bool = True
+    dequantize: bool | None = None  # uniform noise of 1/256 on the evaluated points; None: as the run trained
     validation_examples: int = 1000  # for choosing the isotropic variance and the Parzen bandwidth
     num_samples: int = 10_000  # Parzen and sample quality: samples drawn from the model
     rows_per_call: int = 2048  # chains scored per call: bounds memory whatever k
@@ -81,11 +83,11 @@ class EvalSettings:
         return self.k if self.k is not None else _DEFAULT_K.get(self.estimator, 1)
 
 
-def _points(array: np.ndarray, settings: EvalSettings, seed: int) -> np.ndarray:
+def _points(array: np.ndarray, dequantize: bool, seed: int) -> np.ndarray:
     """The first examples of a split as the model sees them, dequantized with a fixed seed. float32 [n, ...]"""
     from infusion_tf import data
 
-    dataset = data.make_eval_dataset(array, 1000, seed=seed, dequantize=settings.dequantize)
+    dataset = data.make_eval_dataset(array, 1000, seed=seed, dequantize=dequantize)
     return np.concatenate([np.asarray(batch) for batch in dataset], axis=0)
 
 
@@ -157,16 +159,21 @@ def _model_samples(model, settings: EvalSettings, seed: int) -> np.ndarray:
 def _parzen(model, x, x_validation, settings: EvalSettings) -> dict:
     from infusion_tf import parzen
 
-    values, sigmas, result = [], [], {}
+    grid = parzen.sigma_grid(x_validation)  # from the data's scale: the same widths for every repeat
+    print(f"Parzen widths: {len(grid)} from {grid[0]:g} to {grid[-1]:g}, chosen on {len(x_validation)} validation "
+          f"examples")
+    values, estimates, result = [], [], {}
     for r in range(settings.repeats):
         print(f"repeat {r + 1}/{settings.repeats}: {settings.num_samples} samples")
         samples = _model_samples(model, settings, settings.seed * 1000 + r)
-        estimate = parzen.parzen_estimate(samples, x_validation, x)
+        estimate = parzen.parzen_estimate(samples, x_validation, x, sigmas=grid)  # warns at the grid's edge
         values.append(estimate.mean_nats)
-        sigmas.append(estimate.sigma)
+        estimates.append(estimate)
         result["standard_error_nats"] = estimate.standard_error
     result.update(_summary(values))
-    result["sigma"] = [float(s) for s in sigmas]
+    result["sigma"] = [float(e.sigma) for e in estimates]
+    result["sigma_grid"] = [float(s) for s in grid]
+    result["sigma_at_grid_edge"] = [bool(e.at_edge) for e in estimates]  # true: the best width may lie beyond
     return result
 
 
@@ -206,25 +213,36 @@ def batch_norm_cache_path(weights_path: str) -> str:
     return os.path.join(folder, f"{stem}.batch_norm.npz")
 
 
+def _same_cache_key(stored: dict, key: dict) -> bool:
+    """Whether a cache's key fits: equal, or written before keys held the data (no "data_fingerprint") and equal
+    in everything else, which such a cache is trusted for, as it was then."""
+    if "data_fingerprint" not in stored:
+        key = {name: value for name, value in key.items() if name != "data_fingerprint"}
+    return stored == key
+
+
 def use_recomputed_batch_norm(model, weights_path: str, train: np.ndarray, *, seed: int = 0,
-                              precision: str = "float32", cache: bool = True) -> dict:
+                              precision: str = "float32", cache: bool = True,
+                              data_fingerprint: str | None = None) -> dict:
     """Sets the statistics over the whole training set (Appendix A.1), from the cache when it fits.
 
     The recomputation takes 1-2 minutes for the paper's model on 2 cores, and is the same for every
     estimator, so its result is kept beside the weights with what it depends on (the weights' hash, the
-    number of training examples, the seed and the precision). A cache of other weights is recomputed and
-    replaced; a folder that cannot be written is only reported.
+    number of training examples, the seed, the precision and the data's fingerprint, data.data_source). A cache
+    of other weights or data is recomputed and replaced; a folder that cannot be written is only reported.
     """
     from infusion_tf import estimators
 
     key = {"weights_sha256": provenance.file_sha256(weights_path), "train_examples": len(train), "seed": seed,
            "precision": precision}
+    if data_fingerprint is not None:
+        key["data_fingerprint"] = data_fingerprint
     path = batch_norm_cache_path(weights_path)
     if cache and os.path.isfile(path):
         with np.load(path) as cached:
             stored, change = json.loads(str(cached["key"])), json.loads(str(cached["change"]))
             stats = {name: cached[name] for name in cached.files if name not in ("key", "change")}
-        if stored == key:
+        if _same_cache_key(stored, key):
             estimators.set_batch_norm_statistics(model, stats)
             print(f"batch-norm statistics over {len(train)} training examples read from {path}")
             return {**change, "cache": provenance.portable_path(path)}
@@ -264,7 +282,7 @@ def copy_batch_norm_cache(source_weights: str, target_weights: str) -> str | Non
 
 def evaluate(settings: EvalSettings) -> dict:
     """Runs one estimator on a checkpoint; writes and returns the results (see the module docstring)."""
-    from infusion_tf import data, estimators
+    from infusion_tf import estimators, training
     from infusion_tf.checkpoint import find_weights, load_checkpoint
 
     started = time.time()
@@ -274,18 +292,17 @@ def evaluate(settings: EvalSettings) -> dict:
     folder = os.path.dirname(os.path.abspath(output))
     os.makedirs(folder, exist_ok=True)  # before the work, not after it
     config = model.config
-    splits = data.load_splits(config.dataset, data_dir=settings.data_dir, seed=config.seed)
-    if tuple(splits.example_shape) != tuple(config.example_shape):
-        raise ValueError(f"dataset {config.dataset!r} has examples of shape {splits.example_shape}, the "
-                         f"checkpoint's model takes {config.example_shape}")
+    splits, source = training.load_run_data(config, settings.checkpoint, settings.data_dir)  # the run's own data
     train = splits.train if config.train_examples is None else splits.train[:config.train_examples]
     batch_norm = {"mode": settings.batch_norm}
     if settings.batch_norm == "recompute":
         batch_norm.update(use_recomputed_batch_norm(model, weights_path, train, seed=settings.seed,
-                                                    precision=settings.precision, cache=settings.batch_norm_cache))
+                                                    precision=settings.precision, cache=settings.batch_norm_cache,
+                                                    data_fingerprint=source["fingerprint"]))
+    dequantize = config.dequantize if settings.dequantize is None else settings.dequantize
     array = getattr(splits, settings.split)[:settings.num_examples]
-    x = _points(array, settings, settings.seed)
-    x_validation = _points(splits.validation[:settings.validation_examples], settings, settings.seed + 1)
+    x = _points(array, dequantize, settings.seed)
+    x_validation = _points(splits.validation[:settings.validation_examples], dequantize, settings.seed + 1)
     if settings.estimator == "parzen":
         result = _parzen(model, x, x_validation, settings)
     elif settings.estimator == "sample_quality":
@@ -297,6 +314,8 @@ def evaluate(settings: EvalSettings) -> dict:
         quantized = config.dequantize or len(config.example_shape) == 3
         result["bits_per_dim"] = estimators.bits_per_dim(result["mean_nats"], config.num_dims, quantized)
     result["batch_norm"] = batch_norm
+    result["dequantize"] = {"used": dequantize, "from": "run" if settings.dequantize is None else "flag"}
+    result["data_source"] = {**source, "data_dir": provenance.portable_path(source["data_dir"])}
     result["settings"] = {**_recorded_settings(settings), "chains": settings.chains, "config": config.to_dict()}
     result["weights_sha256"] = provenance.file_sha256(weights_path)
     result["wall_seconds"] = time.time() - started
@@ -318,9 +337,15 @@ def _print_table(result: dict) -> None:
     for key in ("isotropic_variance", "sigma"):
         if key in result:
             rows.append((key, str(result[key])))
+    if any(result.get("sigma_at_grid_edge", ())):
+        grid = result["sigma_grid"]
+        rows.append(("warning", f"sigma at the edge of its grid {grid[0]:g} .. {grid[-1]:g} in "
+                                f"{sum(result['sigma_at_grid_edge'])} repeats"))
     for key in ("inception_score", "frechet_distance"):
         if key in result:
             rows.append((key, f"{result[key]['mean']:.3f} +- {result[key]['std']:.3f}"))
+    if "dequantize" in result:
+        rows.append(("dequantized points", f"{result['dequantize']['used']} (from the {result['dequantize']['from']})"))
     rows += [("wall seconds", f"{result['wall_seconds']:.1f}"), ("written to", result["output"])]
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
@@ -335,7 +360,7 @@ def eval_parser() -> argparse.ArgumentParser:
         if field.name in ("checkpoint", "estimator"):
             continue
         flag = "--" + field.name.replace("_", "-")
-        if field.type in ("bool", bool):
+        if "bool" in str(field.type):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
         else:
             kind = int if "int" in str(field.type) else str

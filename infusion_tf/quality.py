@@ -36,12 +36,13 @@ from infusion_tf import data, provenance, visualize
 __all__ = ["PRETRAINED_DIR", "load_labels", "build_classifier", "train_classifier", "load_classifier",
            "inception_score_from_probs", "classifier_inception_score", "frechet_distance", "feature_statistics",
            "classifier_frechet_distance", "nearest_neighbours", "save_nearest_neighbour_figure", "DEFAULT_EPOCHS",
-           "main"]
+           "FRECHET_IMAG_TOLERANCE", "main"]
 
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained" / "classifiers"
 _LABEL_MD5 = {"mnist": {"train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
                         "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}}
 _DATA_DIR_HINT = {"fashion_mnist": " --data-dir DIR"}  # DIR: a folder of the four IDX files (not shipped)
+FRECHET_IMAG_TOLERANCE = 1e-3  # frechet_distance warns beyond this imaginary part of its square root (relative)
 DEFAULT_EPOCHS = {"mnist": 6, "fashion_mnist": 10}  # the committed classifiers; ~10-20 s an epoch on 2 CPU cores
 
 
@@ -245,7 +246,11 @@ def frechet_distance(mu1, cov1, mu2, cov2, eps: float = 1e-6) -> float:
     """||mu1 - mu2||^2 + Tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2)) between two Gaussians (Heusel et al., 2017).
 
     mu: [d]; cov: [d, d]. When scipy.linalg.sqrtm gives non-finite values (near-singular covariances),
-    eps * I is added to both covariances; the real part of the square root is kept.
+    eps * I is added to both covariances; the real part of the square root is kept. For covariances (symmetric,
+    positive semi-definite) the square root is real up to rounding; an imaginary part is negligible when its
+    largest entry is at most FRECHET_IMAG_TOLERANCE = 1e-3 times max(1, the largest |real entry|), and beyond
+    that a RuntimeWarning says so: the inputs are then not covariances, or too ill-conditioned for the value
+    to be trusted (too few images for the number of features).
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
@@ -259,6 +264,12 @@ def frechet_distance(mu1, cov1, mu2, cov2, eps: float = 1e-6) -> float:
         if not np.all(np.isfinite(covmean)):
             offset = eps * np.eye(d)
             covmean = scipy.linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
+    if np.iscomplexobj(covmean):
+        imaginary, real = float(np.max(np.abs(covmean.imag))), float(np.max(np.abs(covmean.real)))
+        if imaginary > FRECHET_IMAG_TOLERANCE * max(1.0, real):
+            warnings.warn(f"Frechet distance: the matrix square root has an imaginary part of up to {imaginary:.3g} "
+                          f"(real entries up to {real:.3g}, tolerance {FRECHET_IMAG_TOLERANCE:g} x max(1, that)); "
+                          f"only its real part is used, the value may be wrong", RuntimeWarning, stacklevel=2)
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(np.real(covmean)))
 

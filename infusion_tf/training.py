@@ -1,6 +1,7 @@
 """A training run: its output folder, checkpoints, logs, pictures, resumption and final SavedModel.
 
     <output>/config.json                    the frozen InfusionConfig, enough to rebuild the model
+    <output>/data_source.json               where the data came from and their fingerprint (data.data_source)
     <output>/checkpoints/last.keras         weights + optimizer + random state + Progress, the commit of each epoch
     <output>/checkpoints/last.weights.h5    weights only, same epoch
     <output>/checkpoints/best.weights.h5    weights of the epoch with the best validation lower bound
@@ -42,11 +43,13 @@ from infusion_tf.config import CONFIG_FILENAME, InfusionConfig, load_config, sav
 from infusion_tf.model import InfusionModel
 
 __all__ = ["RunPaths", "Progress", "RESUMABLE_FIELDS", "TrainingInterrupted", "check_output_dir", "resume_config",
-           "create_output_dir", "load_training_data", "build_model", "CheckpointCallback", "NonFiniteLossGuard",
+           "create_output_dir", "DATA_SOURCE_FILENAME", "read_data_source", "load_run_data", "load_training_data",
+           "build_model", "CheckpointCallback", "NonFiniteLossGuard",
            "SamplesCallback", "PatienceStopping", "StopOnSignal", "read_progress", "train"]
 
 RESUMABLE_FIELDS = ("epochs", "patience")  # what --resume may change; every other setting is the run's own
 _PROGRESS_ENTRY = "infusion_progress.json"  # the Progress, stored inside last.keras beside the weights
+DATA_SOURCE_FILENAME = "data_source.json"  # data.data_source of the run's data, written when the folder is created
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,7 @@ class RunPaths:
         return os.path.join(self.root, *parts)
 
     config = property(lambda self: self._join(CONFIG_FILENAME))
+    data_source = property(lambda self: self._join(DATA_SOURCE_FILENAME))
     checkpoints = property(lambda self: self._join("checkpoints"))
     last = property(lambda self: self._join("checkpoints", "last.keras"))
     last_weights = property(lambda self: self._join("checkpoints", "last.weights.h5"))
@@ -124,29 +128,90 @@ def check_output_dir(output_dir: str, config: InfusionConfig, *, resume: bool, o
                          f"that run or --overwrite to replace it")
 
 
-def create_output_dir(output_dir: str, config: InfusionConfig, *, overwrite: bool) -> None:
-    """Creates a new run folder (deleting an old one if `overwrite`) and writes config.json into it.
+def create_output_dir(output_dir: str, config: InfusionConfig, *, overwrite: bool,
+                      data_source: dict | None = None) -> None:
+    """Creates a new run folder (deleting an old one if `overwrite`) and writes config.json into it, then
+    data_source.json when `data_source` (data.data_source of the run's data) is given.
 
     config.json comes first: a run killed here leaves an empty folder (a new run may start in it) or one
-    that --resume continues.
+    that --resume continues (and that writes the missing data_source.json).
     """
     if overwrite and os.path.isdir(output_dir):
         shutil.rmtree(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     save_config(config, output_dir)
+    if data_source is not None:
+        _write_json(RunPaths(output_dir).data_source, data_source)
     os.makedirs(RunPaths(output_dir).checkpoints, exist_ok=True)
 
 
-def load_training_data(config: InfusionConfig, data_dir: str | None = None) -> data_lib.Splits:
-    """The dataset's splits, cut to config.train_examples / validation_examples; checks the example shape."""
-    splits = data_lib.load_splits(config.dataset, data_dir=data_dir, seed=config.seed)
+def read_data_source(run_dir: str) -> dict | None:
+    """The data source recorded in a run folder (data.data_source); None for a folder without a record (a run
+    written before the record existed, or a pretrained/ folder shipped without one)."""
+    path = RunPaths(run_dir).data_source
+    if not os.path.isfile(path):
+        return None
+    try:
+        source = _read_json(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}); delete it to use --data-dir as given") from None
+    if not isinstance(source, dict) or not isinstance(source.get("fingerprint"), str):
+        raise ValueError(f"{path} holds no data fingerprint; delete it to use --data-dir as given")
+    return source
+
+
+def load_run_data(config: InfusionConfig, run_dir: str | None = None,
+                  data_dir: str | None = None) -> tuple[data_lib.Splits, dict]:
+    """The full splits of the run's dataset and their data.data_source; checks the example shape.
+
+    data_dir None: the folder recorded in run_dir's data_source.json; without a record (or without run_dir),
+    the package's MNIST files, TFDS's default folder or the toy generator, as before records existed. A given
+    data_dir must hold the recorded data: the same content in another folder (the data moved) is accepted.
+    Raises: ValueError when the data differ from the recorded ones (their fingerprints differ);
+      FileNotFoundError that names the recorded folder when it is gone.
+    """
+    recorded = read_data_source(run_dir) if run_dir is not None else None
+    folder = data_dir if data_dir is not None else (recorded or {}).get("data_dir")
+    try:
+        splits = data_lib.load_splits(config.dataset, data_dir=folder, seed=config.seed)
+    except FileNotFoundError as e:
+        if data_dir is None and folder is not None:  # the run's own folder has gone
+            raise FileNotFoundError(f"{e}; the run in {run_dir!r} recorded its data there ({DATA_SOURCE_FILENAME}): "
+                                    f"pass --data-dir with the same files") from None
+        raise
     if tuple(splits.example_shape) != tuple(config.example_shape):
         raise ValueError(f"dataset {config.dataset!r} has examples of shape {splits.example_shape}, but the "
                          f"config says example_shape={config.example_shape}")
+    source = data_lib.data_source(config.dataset, folder, splits)
+    if recorded is not None and recorded["fingerprint"] != source["fingerprint"]:
+        trained = recorded.get("data_dir") or f"the {recorded.get('kind', '?')} {recorded.get('dataset', '')} data"
+        if data_dir is not None:
+            given = f"--data-dir {data_dir}"
+            hint = "leave --data-dir out to use the run's own data, or pass a folder that holds the same files"
+        else:  # the files where the run found them have changed
+            given = folder or f"the {source['kind']} data"
+            hint = "they changed since; pass --data-dir with the run's own files"
+        raise ValueError(f"the data in {given} are not the data the run in {run_dir!r} trained on ({trained}, "
+                         f"fingerprint {recorded['fingerprint'][:12]}, here {source['fingerprint'][:12]}; see its "
+                         f"{DATA_SOURCE_FILENAME}): {hint}")
+    return splits, source
+
+
+def _cut_to_config(config: InfusionConfig, splits: data_lib.Splits) -> data_lib.Splits:
+    """splits with train and validation cut to config.train_examples / validation_examples."""
     train = splits.train if config.train_examples is None else splits.train[:config.train_examples]
     validation = (splits.validation if config.validation_examples is None
                   else splits.validation[:config.validation_examples])
     return dataclasses.replace(splits, train=train, validation=validation)
+
+
+def load_training_data(config: InfusionConfig, data_dir: str | None = None,
+                       run_dir: str | None = None) -> data_lib.Splits:
+    """The dataset's splits, cut to config.train_examples / validation_examples; checks the example shape.
+
+    With run_dir, the run's own data (load_run_data): the recorded folder unless data_dir is given.
+    """
+    return _cut_to_config(config, load_run_data(config, run_dir, data_dir)[0])
 
 
 def build_model(config: InfusionConfig, train_array: np.ndarray | None = None) -> InfusionModel:
@@ -421,15 +486,19 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
     TrainingInterrupted after SIGINT or SIGTERM, once what is complete is saved.
     """
     check_output_dir(output_dir, config, resume=resume, overwrite=overwrite)
-    splits = load_training_data(config, data_dir)  # bad data fail here, before the folder is created
+    # Bad data, or on --resume data other than the run's own, fail here, before anything is written.
+    full_splits, source = load_run_data(config, output_dir if resume else None, data_dir)
+    splits = _cut_to_config(config, full_splits)
     paths = RunPaths(output_dir)
     # make_train_dataset drops the last partial batch; it also rejects a set smaller than one batch.
     steps_per_epoch = max(1, len(splits.train) // config.batch_size)
     resumed = _resume_model(paths, config, steps_per_epoch) if resume else None
     if not resume:
-        create_output_dir(output_dir, config, overwrite=overwrite)
+        create_output_dir(output_dir, config, overwrite=overwrite, data_source=source)
     else:
         save_config(config, output_dir)  # a resumed run may change RESUMABLE_FIELDS
+        if read_data_source(output_dir) != source:  # an older run without a record, or its data have moved
+            _write_json(paths.data_source, source)
         os.makedirs(paths.checkpoints, exist_ok=True)
     if resumed is None:
         model, progress = build_model(config, splits.train), Progress()

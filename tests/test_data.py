@@ -385,3 +385,27 @@ def test_pipelines_run_without_the_autotuning_thread():
     train, _ = data.make_train_dataset(array, 4, seed=0, dequantize=False, epochs=2)
     for dataset in (train, data.make_eval_dataset(array, 4, seed=0, dequantize=False)):
         assert dataset.options().autotune.enabled is False
+
+
+def test_data_source_fingerprints_content_not_files(tmp_path):
+    """The same images from an uncompressed copy elsewhere give the same fingerprint (a hashlib reference over the
+    arrays); one image fewer gives another; the kind says where the data came from."""
+    bundled = data.load_splits("mnist")
+    for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):  # uncompressed copies
+        (tmp_path / name).write_bytes(gzip.decompress((data._BUNDLED_DIR / "mnist" / f"{name}.gz").read_bytes()))
+    copy = data.load_splits("mnist", str(tmp_path))
+    reference = hashlib.sha256()
+    for split in ("train", "validation", "test"):
+        array = getattr(bundled, split)
+        reference.update(f"{split} {array.dtype.str} {array.shape}\n".encode() + array.tobytes())
+    assert data.splits_fingerprint(bundled) == data.splits_fingerprint(copy) == reference.hexdigest()
+    shorter = data.Splits("mnist", bundled.train, bundled.validation, bundled.test[:-1])
+    assert data.splits_fingerprint(shorter) != reference.hexdigest()
+    source = data.data_source("mnist", str(tmp_path), copy)
+    assert (source["kind"], source["data_dir"]) == ("idx", str(tmp_path.resolve()))
+    assert source["examples"] == {"train": 50_000, "validation": 10_000, "test": 10_000}
+    assert data.data_source("mnist", None, bundled)["kind"] == "bundled"
+    toy = data.load_splits("banana", seed=3)
+    assert data.data_source("banana", str(tmp_path), toy)["kind"] == "toy"  # generated: no folder
+    assert data.data_source("banana", None, toy)["data_dir"] is None
+    assert data.splits_fingerprint(toy) != data.splits_fingerprint(data.load_splits("banana", seed=4))

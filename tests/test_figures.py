@@ -180,6 +180,37 @@ def test_export_overwrite_replaces_the_folder(checkpoint, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["mnist"]
 
 
+def test_figures_and_export_use_the_data_the_run_recorded(checkpoint, tmp_path, capsys):
+    """A run that recorded its data in a folder of IDX files: figures and export find them there without
+    --data-dir; the export ships the record without that folder (eval of the shipped folder then reads the
+    package's files, the same content); once the folder is gone, the error names it and --data-dir."""
+    import shutil
+
+    from infusion_tf import data
+
+    run, files = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(checkpoint, run)
+    shutil.copytree(os.path.join(REPO, "infusion_tf", "datasets", "mnist"), files)
+    source = data.data_source("mnist", str(files), data.load_splits("mnist", str(files)))
+    (run / "data_source.json").write_text(json.dumps(source))
+    drawing = ["--checkpoint", str(run), "--output-dir", str(tmp_path / "figures"), "--num-samples", "4",
+               "--num-chains", "1", "--inpaint-digits", "1", "--completions", "1"]
+    assert figures.main(drawing) == 0
+    shipped = tmp_path / "shipped"
+    assert export.main(["--checkpoint", str(run), "--output", str(shipped), "--check-examples", "5",
+                        "--check-chains", "1"]) == 0
+    assert json.loads((shipped / "data_source.json").read_text()) == {**source, "data_dir": None}
+    result = evaluate.evaluate(evaluate.EvalSettings(checkpoint=str(shipped), num_examples=5, repeats=1, k=1,
+                                                     batch_norm="moving", output=str(tmp_path / "results.json")))
+    assert result["data_source"]["kind"] == "bundled" and result["data_source"]["fingerprint"] == source["fingerprint"]
+    capsys.readouterr()
+    shutil.move(files, tmp_path / "moved")
+    assert figures.main(drawing) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(files) in err[0] and "--data-dir" in err[0]
+    assert figures.main([*drawing, "--data-dir", str(tmp_path / "moved")]) == 0
+
+
 def test_evaluation_command_runs_on_the_exported_folder(pretrained, tmp_path):
     results = tmp_path / "results.json"
     done = subprocess.run(

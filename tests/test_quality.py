@@ -105,6 +105,38 @@ def test_frechet_distance_shape_mismatch_raises():
         quality.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
 
 
+@pytest.mark.parametrize("imaginary, warns", [(0.5, True), (2e-3, True), (5e-4, False)])
+def test_frechet_distance_warns_on_a_non_negligible_imaginary_square_root(imaginary, warns):
+    """An indefinite "covariance" diag(1, -b^2) against I: (C1 C2)^(1/2) = diag(1, i b), whose imaginary part b is
+    above FRECHET_IMAG_TOLERANCE = 1e-3 (x max(1, largest real entry = 1)) or not. The value keeps the real part:
+    numpy's complex square root of the eigenvalues gives 0 + (1 - b^2) + 2 - 2 Re(1 + i b) = 1 - b^2."""
+    import warnings
+
+    cov1 = np.diag([1.0, -imaginary**2])
+    expected = np.trace(cov1) + 2.0 - 2.0 * np.sum(np.real(np.emath.sqrt(np.linalg.eigvals(cov1))))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = quality.frechet_distance(np.zeros(2), cov1, np.zeros(2), np.eye(2))
+    imaginary_warnings = [w for w in caught if issubclass(w.category, RuntimeWarning) and "imaginary" in str(w.message)]
+    assert len(imaginary_warnings) == (1 if warns else 0), [str(w.message) for w in caught]
+    np.testing.assert_allclose(value, expected, rtol=1e-9)
+    np.testing.assert_allclose(value, 1.0 - imaginary**2, rtol=1e-9)
+
+
+def test_frechet_distance_of_real_covariances_does_not_warn():
+    """Covariances, even rank-deficient ones of fewer images than features, have a real square root up to
+    rounding far below the tolerance."""
+    import warnings
+
+    rng = np.random.default_rng(6)
+    few, many = rng.standard_normal((5, 20)), rng.standard_normal((400, 20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        value = quality.frechet_distance(few.mean(0), np.cov(few, rowvar=False), many.mean(0),
+                                         np.cov(many, rowvar=False))
+    assert np.isfinite(value)
+
+
 # ---------------------------------------------------------------------------------------- nearest neighbours
 
 

@@ -242,6 +242,46 @@ def test_resume_with_a_conflicting_flag_is_refused(mnist_run, tmp_path):
     assert snapshot(run) == before
 
 
+def _fewer_images(tmp_path: pathlib.Path, train: int = 10_300, test: int = 500) -> pathlib.Path:
+    """Another data source: valid gzip IDX files of the first `train` / `test` shipped images, written with numpy."""
+    from infusion_tf import data
+
+    folder = tmp_path / "fewer"
+    folder.mkdir()
+    for name, n in (("train-images-idx3-ubyte.gz", train), ("t10k-images-idx3-ubyte.gz", test)):
+        images = data.read_idx(str(MNIST_DIR / name))[:n]  # uint8 [n, 28, 28]
+        header = np.array([2051, *images.shape], dtype=">u4").tobytes()
+        (folder / name).write_bytes(gzip.compress(header + images.tobytes(), compresslevel=1))
+    return folder
+
+
+def test_the_run_records_its_data_source(mnist_run):
+    from infusion_tf import data
+
+    source = json.loads((mnist_run / "data_source.json").read_text())
+    assert (source["dataset"], source["kind"], source["data_dir"]) == ("mnist", "bundled", None)
+    assert source["fingerprint"] == data.splits_fingerprint(data.load_splits("mnist"))
+
+
+def test_resume_with_another_data_source_is_refused(mnist_run, tmp_path):
+    run = copy_run(mnist_run, tmp_path)
+    before = snapshot(run)
+    other = _fewer_images(tmp_path)  # the first 300 training images are the same, the rest is not
+    result = run_train("--resume", "--epochs", 3, "--data-dir", other, "--output-dir", run)
+    assert_usage_error(result, f"--data-dir {other}", "are not the data the run", "data_source.json")
+    assert snapshot(run) == before
+
+
+def test_resume_with_the_same_data_in_another_folder_is_accepted(mnist_run, tmp_path):
+    run = copy_run(mnist_run, tmp_path)
+    same = _copy_mnist(tmp_path)  # the shipped files, elsewhere (the data moved): the same content
+    assert_ok(run_train("--resume", "--epochs", 3, "--data-dir", same, "--output-dir", run))
+    assert read_state(run)["epoch"] == 3
+    source = json.loads((run / "data_source.json").read_text())  # the record follows the data
+    assert (source["kind"], source["data_dir"]) == ("idx", str(same.resolve()))
+    assert source["fingerprint"] == json.loads((mnist_run / "data_source.json").read_text())["fingerprint"]
+
+
 # --- 3. bad inputs: exit 2, one line, nothing written
 
 
