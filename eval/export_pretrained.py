@@ -28,6 +28,8 @@ import sys
 import numpy as np
 
 from infusion_tf import provenance
+from infusion_tf.cli import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error, quiet_tensorflow_logs
+from infusion_tf.config import check_seed
 
 __all__ = ["ExportSettings", "export_pretrained", "check_points", "lower_bound_check", "use_shipped_batch_norm",
            "export_parser", "main"]
@@ -56,6 +58,7 @@ class ExportSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.max_mb > 0:
             raise ValueError(f"max_mb must be > 0, got {self.max_mb}")
+        check_seed(self.seed)
         object.__setattr__(self, "note", tuple(self.note or ()))
 
 
@@ -68,6 +71,7 @@ def _check_output(settings: ExportSettings) -> None:
         raise ValueError(f"--output {settings.output!r} exists and is not a folder")
     if os.path.isdir(settings.output) and os.listdir(settings.output) and not settings.overwrite:
         raise ValueError(f"--output {settings.output!r} already holds files; pass --overwrite to replace them")
+    check_output_folder(os.path.dirname(os.path.abspath(settings.output)))  # where the staging folder goes
 
 
 def check_points(config, settings: ExportSettings) -> np.ndarray:
@@ -121,8 +125,12 @@ def _matching_results(settings: ExportSettings, weights_path: str) -> tuple[list
         if not (name.startswith("results_") and name.endswith(".json")):
             continue
         path = os.path.join(settings.checkpoint, name)
-        with open(path) as f:
-            used = json.load(f).get("settings", {}).get("weights")
+        try:
+            with open(path) as f:
+                used = json.load(f)["settings"].get("weights")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # cut short or edited by hand
+            skipped.append(f"{name}: unreadable results ({type(e).__name__} {e})")
+            continue
         if used not in (None, "best", "last"):
             used = provenance.local_path(used)  # a weights file, recorded relative to the repository or ~
         try:
@@ -139,7 +147,19 @@ def _matching_results(settings: ExportSettings, weights_path: str) -> tuple[list
 
 
 def _run_history(checkpoint: str) -> dict:
-    """What the run folder tells about its training: log.csv's epochs and bounds, checkpoints/state.json."""
+    """What the run folder tells about its training: log.csv's epochs and bounds, checkpoints/state.json.
+
+    A damaged file is reported and left out: the README then says less, the export is still good.
+    """
+    try:
+        return _read_history(checkpoint)
+    except (KeyError, TypeError, ValueError, OverflowError) as e:  # a missing column, a short row, a bad number
+        print(f"warning: the run's log.csv or state.json is damaged ({type(e).__name__} {e}); the README "
+              f"leaves out the training history", file=sys.stderr)
+        return {}
+
+
+def _read_history(checkpoint: str) -> dict:
     history = {}
     log = os.path.join(checkpoint, "log.csv")
     if os.path.isfile(log):
@@ -398,7 +418,7 @@ def export_pretrained(settings: ExportSettings) -> dict:
 
 
 def export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eval/export_pretrained.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="eval/export_pretrained.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="run folder (config.json + checkpoints/)")
     parser.add_argument("--output", default=ExportSettings.output, help="default: %(default)s")
     parser.add_argument("--weights", default="best", help="best | last | a weights file (default: best)")
@@ -416,11 +436,11 @@ def export_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = export_parser().parse_args(argv)
+    quiet_tensorflow_logs()
     try:
         summary = export_pretrained(ExportSettings(**{**vars(args), "note": tuple(args.note)}))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as e:  # flags, checkpoint, data (offline included), an output that may not be replaced
+        return print_error(e)
     for name in sorted(os.listdir(summary["output"])):
         print(f"wrote {os.path.join(summary['output'], name)}")
     check = summary["check"]

@@ -18,9 +18,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
+
+from infusion_tf.cli import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error, quiet_tensorflow_logs
+from infusion_tf.config import check_seed
 
 __all__ = ["FigureSettings", "write_figures", "figures_parser", "main"]
 
@@ -50,8 +55,7 @@ class FigureSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.sampling_steps is not None and self.sampling_steps < 1:
             raise ValueError(f"sampling_steps must be >= 1, got {self.sampling_steps}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        check_seed(self.seed)
 
 
 def _load(settings: FigureSettings):
@@ -96,15 +100,39 @@ def _inpainting(model, test: np.ndarray, settings: FigureSettings, steps: int, p
 
 
 def write_figures(settings: FigureSettings) -> dict[str, str]:
-    """Writes the figures listed in the module docstring; returns {name: path} of those written."""
-    from infusion_tf import quality, visualize
+    """Writes the figures listed in the module docstring; returns {name: path} of those written.
 
+    They are drawn into a temporary folder inside --output-dir and renamed into place at the end, so a call
+    that fails leaves --output-dir as it was (and does not create it). Raises: ValueError or OSError for bad
+    settings, a missing or foreign checkpoint, missing data, or an output folder that cannot be written.
+    """
+    check_output_folder(settings.output_dir)  # before minutes of work, not after them
     model, train, test = _load(settings)
     print(f"batch-norm statistics: {settings.batch_norm}", flush=True)
-    steps = settings.sampling_steps or model.config.sampling_steps
+    created = not os.path.isdir(settings.output_dir)
     os.makedirs(settings.output_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".figures-", dir=settings.output_dir)
+    try:
+        drawn = _draw(model, train, test, settings, staging)
+        written = {name: os.path.join(settings.output_dir, os.path.basename(file)) for name, file in drawn.items()}
+        for name, file in drawn.items():
+            os.replace(file, written[name])
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not os.listdir(settings.output_dir):
+            os.rmdir(settings.output_dir)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+def _draw(model, train: np.ndarray, test: np.ndarray, settings: FigureSettings, folder: str) -> dict[str, str]:
+    """Draws every figure into `folder`, printing progress with the paths they will have in --output-dir."""
+    from infusion_tf import quality, visualize
+
+    steps = settings.sampling_steps or model.config.sampling_steps
     log = os.path.join(settings.checkpoint, "log.csv")
-    path = {name: os.path.join(settings.output_dir, f"{name}.png")
+    path = {name: os.path.join(folder, f"{name}.png")
             for name in ("samples", "chains", "training_curve", "inpainting", "nearest_neighbours")}
     written, total = {}, len(path)
 
@@ -113,7 +141,7 @@ def write_figures(settings: FigureSettings) -> dict[str, str]:
 
     def wrote(name, file):
         written[name] = file
-        print(f"      wrote {file}", flush=True)
+        print(f"      wrote {os.path.join(settings.output_dir, os.path.basename(file))}", flush=True)
 
     progress(1, "samples", f"{settings.num_samples} samples, means of step {steps}")
     samples = np.asarray(model.sample(settings.num_samples, steps, seed=settings.seed))  # [n, H, W, C]
@@ -123,9 +151,12 @@ def write_figures(settings: FigureSettings) -> dict[str, str]:
     wrote("chains", visualize.save_chain_grid(path["chains"], np.asarray(chain)))  # chain: [steps + 1, n, ...]
     if os.path.isfile(log):
         progress(3, "training_curve", f"lower bound per epoch from {log}")
-        wrote("training_curve", visualize.plot_curves(
-            log, path["training_curve"], title=f"{model.config.dataset}: lower bound during training",
-            labels={"lower_bound": "train (running mean over the epoch)", "val_lower_bound": "validation"}))
+        try:
+            wrote("training_curve", visualize.plot_curves(
+                log, path["training_curve"], title=f"{model.config.dataset}: lower bound during training",
+                labels={"lower_bound": "train (running mean over the epoch)", "val_lower_bound": "validation"}))
+        except ValueError as e:  # an empty or damaged log: the other figures are still worth having
+            print(f"      skipped: {e}", flush=True)
     else:
         progress(3, "training_curve", f"skipped: {settings.checkpoint!r} has no log.csv")
     digits = min(settings.inpaint_digits, len(test))
@@ -141,7 +172,7 @@ def write_figures(settings: FigureSettings) -> dict[str, str]:
 
 
 def figures_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eval/figures.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="eval/figures.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="run or pretrained folder (config.json + weights)")
     for field in dataclasses.fields(FigureSettings):
         if field.name == "checkpoint":
@@ -154,11 +185,11 @@ def figures_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = figures_parser().parse_args(argv)
+    quiet_tensorflow_logs()
     try:
         written = write_figures(FigureSettings(**vars(args)))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as e:  # settings, checkpoint, data (offline included), an output folder that cannot be written
+        return print_error(e)
     print(f"{len(written)} figures in {args.output_dir}")
     return 0
 

@@ -27,7 +27,7 @@ import time
 
 from infusion_tf import evaluate, provenance
 from infusion_tf.checkpoint import find_weights
-from infusion_tf.cli import OneLineErrorParser
+from infusion_tf.cli import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error, quiet_tensorflow_logs
 
 __all__ = ["PAPER_MNIST", "Row", "plan", "run_row", "write_report", "main"]
 
@@ -99,14 +99,58 @@ def _same_run(saved: dict, settings: evaluate.EvalSettings, weights_path: str) -
             and saved.get("weights_sha256") == provenance.file_sha256(weights_path))
 
 
+def _read_saved(path: str) -> dict | None:
+    """A row's earlier results.json, or None when there is none or it is damaged (then the row runs again)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: not JSON, e.g. cut short
+        print(f"warning: {path} is unreadable ({e}); running its row again", file=sys.stderr)
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("settings", {}), dict):
+        print(f"warning: {path} does not hold results; running its row again", file=sys.stderr)
+        return None
+    return saved
+
+
+def _available(checkpoint: str, rows: list[Row], explicit: bool) -> list[Row]:
+    """The rows whose inputs exist, checked before the first row runs: the checkpoint's config and weights, and
+    for sample quality a classifier of its images. Without --only, a sample-quality row that cannot run is
+    left out with a note; asked for by name, it is an error.
+    Raises: ValueError or OSError naming what is missing."""
+    from infusion_tf import quality
+    from infusion_tf.config import load_config
+
+    if not os.path.isdir(checkpoint):
+        raise FileNotFoundError(f"checkpoint folder {checkpoint!r} does not exist")
+    config = load_config(checkpoint)
+    find_weights(checkpoint)  # the rows take the default weights (best if present, else last)
+    kept = []
+    for row in rows:
+        if row.estimator == "sample_quality":
+            try:
+                if len(config.example_shape) != 3:
+                    raise ValueError(f"sample_quality scores images, {config.dataset!r} has examples of shape "
+                                     f"{config.example_shape}")
+                quality.require_classifier(config.dataset)
+            except ValueError as e:
+                if explicit:
+                    raise
+                print(f"left out: {row.label}: {e}", flush=True)
+                continue
+        kept.append(row)
+    return kept
+
+
 def run_row(checkpoint: str, row: Row, output_dir: str) -> dict:
     """The row's results.json, computed now or read back when it was computed with the same settings and weights."""
     output = os.path.join(output_dir, f"results_{row.name}.json")
     settings = _settings(checkpoint, row, output)
     weights_path = find_weights(checkpoint, settings.weights)
-    if os.path.isfile(output):
-        with open(output) as f:
-            saved = json.load(f)
+    saved = _read_saved(output)
+    if saved is not None:
         if _same_run(saved, settings, weights_path):
             print(f"{row.label}: read back from {output}", flush=True)
             return saved
@@ -153,13 +197,19 @@ def write_report(checkpoint: str, rows: list[Row], results: list[dict], output_d
         lines.append(f"| {row.label} | {_value(result)} | {row.paper} | {result['settings']['repeats']} | "
                      f"{wall} | `{commit}` | `{' '.join(row.arguments)}` |")
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(output_dir, "report.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(output_dir, "report.json"), "w") as f:
-        json.dump({"checkpoint": shown, "rows": [{"name": r.name, "label": r.label, "arguments": r.arguments,
-                                                 "result": res} for r, res in zip(rows, results)]},
-                  f, indent=2)
+    _write_text(os.path.join(output_dir, "report.md"), text)
+    _write_text(os.path.join(output_dir, "report.json"), json.dumps(
+        {"checkpoint": shown, "rows": [{"name": r.name, "label": r.label, "arguments": r.arguments, "result": res}
+                                       for r, res in zip(rows, results)]}, indent=2))
     return text
+
+
+def _write_text(path: str, text: str) -> None:
+    """Writes under a temporary name and renames: a report is whole or absent."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def plot_k_ladder(rows: list[Row], results: list[dict], path: str) -> str | None:
@@ -194,8 +244,9 @@ def plot_k_ladder(rows: list[Row], results: list[dict], path: str) -> str | None
     ax.set_ylabel("log-likelihood estimate (nats)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path + ".tmp.png", dpi=100)  # the extension tells matplotlib the format
     plt.close(fig)
+    os.replace(path + ".tmp.png", path)
     return path
 
 
@@ -221,6 +272,7 @@ def report_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = report_parser().parse_args(argv)
+    quiet_tensorflow_logs()
     output_dir = args.output_dir or args.checkpoint
     try:
         rows = plan(args)
@@ -231,15 +283,14 @@ def main(argv: list[str] | None = None) -> int:
             rows = [r for r in rows if r.name in args.only]
         for row in rows:
             _settings(args.checkpoint, row, "x")  # every row's settings are checked before the first one runs
-        if not os.path.isdir(args.checkpoint):
-            raise FileNotFoundError(f"checkpoint folder {args.checkpoint!r} does not exist")
+        rows = _available(args.checkpoint, rows, explicit=bool(args.only))  # and every row's inputs
+        check_output_folder(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         started, results = time.time(), []
         for row in rows:
             results.append(run_row(args.checkpoint, row, output_dir))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as e:  # flags, checkpoint, data (offline included), classifier, output folder
+        return print_error(e)
     print("\n" + write_report(args.checkpoint, rows, results, output_dir))
     figure = plot_k_ladder(rows, results, os.path.join(output_dir, "importance_sampling_by_k.png"))
     if figure:

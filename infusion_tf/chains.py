@@ -19,7 +19,7 @@ import tensorflow_probability as tfp
 __all__ = [
     "prior_parameters", "gaussian_log_prob", "prior_log_prob", "sample_prior", "infusion_sample",
     "infusion_log_prob", "ChainTerms", "infusion_chain", "infusion_trajectory", "score_infusion_chain",
-    "lower_bound_terms", "sampling_chain",
+    "lower_bound_terms", "sampling_chain", "seed_pair",
 ]
 
 tfd = tfp.distributions
@@ -35,6 +35,24 @@ def prior_parameters(mean: np.ndarray, variance: np.ndarray, variance_floor: flo
     """
     return (np.asarray(mean, np.float32),
             np.maximum(np.asarray(variance, np.float64), variance_floor).astype(np.float32))
+
+
+def seed_pair(seed) -> tf.Tensor:
+    """The int32 [2] stateless seed of an integer s in [0, 2^62): [s mod 2^31, s div 2^31], i.e. [s, 0] for
+    s < 2^31, so that no two integers share a seed (tf.constant([s, 0], tf.int32) wraps s >= 2^31 around).
+
+    A [2] integer tensor (a seed already derived, e.g. by stateless_fold_in) is returned as int32.
+    Raises: ValueError for a negative or too large integer, or a tensor that is not [2] integers.
+    """
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        if not 0 <= seed < 2**62:
+            raise ValueError(f"seed must be an integer in [0, 2^62), got {seed}")
+        return tf.constant([int(seed) % 2**31, int(seed) // 2**31], tf.int32)
+    seed = tf.convert_to_tensor(seed)
+    if not seed.dtype.is_integer or seed.shape != (2,):
+        raise ValueError(f"seed must be an integer or an integer tensor of shape [2], got {seed.dtype.name} "
+                         f"{seed.shape}")
+    return tf.cast(seed, tf.int32)
 
 
 def _sum_dims(values: tf.Tensor, batch_dims: int = 1) -> tf.Tensor:

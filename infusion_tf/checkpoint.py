@@ -40,7 +40,7 @@ def load_checkpoint(checkpoint_dir: str, weights: str | None = None, precision: 
     products on CPUs with bfloat16 units; densities stay float32).
 
     Raises: FileNotFoundError naming a missing folder, config or weights file; ValueError when the
-    weights do not fit the config's architecture.
+    weights do not fit the config's architecture or cannot be read.
     """
     from infusion_tf.model import InfusionModel  # imports TensorFlow: not needed to find weights
 
@@ -59,4 +59,6 @@ def load_checkpoint(checkpoint_dir: str, weights: str | None = None, precision: 
             f"{os.path.join(checkpoint_dir, CONFIG_FILENAME)!r} (operator={config.operator}, width={config.width}, "
             f"depth={config.depth}, num_steps={config.num_steps}, variance={config.variance}, "
             f"example_shape={list(config.example_shape)}): {detail}") from None
+    except OSError as e:  # h5py: a truncated or damaged file, which names neither itself nor the problem's cause
+        raise ValueError(f"weights {weights_path!r} cannot be read (damaged or incomplete?): {e}") from None
     return model

@@ -21,7 +21,7 @@ import typing
 from infusion_tf import config as config_lib
 from infusion_tf.config import InfusionConfig
 
-__all__ = ["OneLineErrorParser", "quiet_tensorflow_logs", "field_help", "add_config_flags", "config_from_flags", "train_parser",
+__all__ = ["OneLineErrorParser", "BAD_INPUT", "print_error", "check_output_folder", "quiet_tensorflow_logs", "field_help", "add_config_flags", "config_from_flags", "train_parser",
            "train_main"]
 
 # Fields set by other means: the dataset by --dataset, the example shape by the data.
@@ -68,6 +68,30 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+BAD_INPUT = (ValueError, OSError)  # what bad flags, data, checkpoints and folders raise (data.DataUnavailableError too)
+
+
+def check_output_folder(folder: str) -> None:
+    """Checks, creating nothing, that `folder` is or can become a writable folder, so that a command fails before
+    its work rather than after it. Raises: NotADirectoryError when it or a folder above it is a file;
+    PermissionError when the nearest existing folder above it may not be written."""
+    existing = os.path.abspath(folder)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"output folder {folder!r} cannot be created: {existing!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {folder!r} cannot be written: no write permission in {existing!r}")
+
+
+def print_error(error: BaseException) -> int:
+    """Writes `error: <message>` to stderr as one line (a message of several lines is joined); returns 2, the
+    exit status of bad input in every command."""
+    message = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def field_help(cls: type = InfusionConfig) -> dict[str, str]:
@@ -118,8 +142,8 @@ def train_parser() -> argparse.ArgumentParser:
                         help="(default mnist) mnist, fashion_mnist (local IDX files), mixture_of_gaussians, banana (2-D toys), "
                              "or any TFDS image dataset such as cifar10 (needs internet the first time)")
     parser.add_argument("--data-dir", default=None,
-                        help="folder of the four IDX .gz files (default: the MNIST files shipped with the "
-                             "package) or the TFDS data folder")
+                        help="folder of the four IDX .gz files or the TFDS data folder (default: the MNIST files "
+                             "shipped with the package; with --resume, the data the run recorded in data_source.json)")
     parser.add_argument("--output-dir", default=None, help="run folder (default: runs/<dataset>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     parser.add_argument("--overwrite", action="store_true", help="delete --output-dir's previous run first")
@@ -162,6 +186,8 @@ def train_main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--resume: the run in {output_dir!r} trains on {config.dataset!r}, "
                                  f"not --dataset {args.dataset!r}")
         else:
+            if args.dataset not in config_lib.PRESETS:  # a misspelled name before the flags it makes wrong
+                data_lib.check_dataset_name(args.dataset)
             config = config_from_flags(args)  # fails fast on bad flags, before any data is read
         if not args.resume and args.dataset not in config_lib.PRESETS:
             # Another TFDS dataset: its example shape comes from the data.
@@ -178,9 +204,8 @@ def train_main(argv: list[str] | None = None) -> int:
             tf.config.experimental.enable_op_determinism()
         training.train(config, output_dir, data_dir=args.data_dir, resume=args.resume,
                        overwrite=args.overwrite, verbose=args.verbose)
-    except (ValueError, OSError, FloatingPointError) as e:  # OSError: FileNotFoundError, unwritable folders
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (*BAD_INPUT, FloatingPointError) as e:  # OSError: FileNotFoundError, unwritable folders, offline
+        return print_error(e)
     except KeyboardInterrupt as e:  # training.TrainingInterrupted says where the run can resume from
         print(f"\n{e}" if str(e) else "\ninterrupted", file=sys.stderr)
         return 128 + int(getattr(e, "signum", signal.SIGINT))

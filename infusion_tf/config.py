@@ -18,7 +18,8 @@ from typing import Any
 
 from infusion_tf.precision import PRECISIONS
 
-__all__ = ["InfusionConfig", "PRESETS", "preset", "save_config", "load_config", "CONFIG_FILENAME"]
+__all__ = ["InfusionConfig", "PRESETS", "preset", "save_config", "load_config", "CONFIG_FILENAME", "MAX_SEED",
+           "check_seed"]
 
 CONFIG_FILENAME = "config.json"
 
@@ -26,6 +27,8 @@ _OPERATORS = ("mlp", "conv")
 _VARIANCES = ("diagonal", "isotropic")
 _OBJECTIVES = ("denoising", "lower_bound")
 _SCHEDULES = ("increasing", "constant")
+_CONV_DEPTH = 2  # the depth field's default, which the conv operator ignores
+MAX_SEED = 2**31 - 1  # seeds enter the stateless random ops as int32 pairs [seed, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +51,7 @@ class InfusionConfig:
     # --- transition operator p(t)(z(t) | z(t-1)) (Section 4)
     operator: str = "mlp"  # mlp (MNIST, TFD) | conv (CIFAR-10, CelebA; Appendix A.2)
     width: int = 1200  # units per hidden layer (mlp) or channels of the first feature map (conv)
-    depth: int = 2  # hidden layers (mlp); the authors' final code used 1
+    depth: int = 2  # hidden layers of the mlp operator (the authors' final code used 1); conv: set by the image size
     variance: str = "diagonal"  # diagonal: one variance per pixel | isotropic: one per example and step
     beta: float = 0.1  # variance = beta * sigmoid(head) + epsilon
     epsilon: float = 1e-4
@@ -99,6 +102,11 @@ class InfusionConfig:
         if self.operator == "conv" and (len(shape) != 3 or shape[0] != shape[1] or shape[0] not in (32, 64)):
             raise ValueError(
                 f"the conv operator takes 32x32xC or 64x64xC images, got example_shape {shape}")
+        if self.operator == "conv" and self.depth != _CONV_DEPTH:
+            raise ValueError(f"depth={self.depth} applies to the mlp operator only: the conv operator's depth follows "
+                             f"the image size (3 transposed convolutions for 32x32, 4 for 64x64); leave depth at "
+                             f"{_CONV_DEPTH}")
+        check_seed(self.seed)
         # Imported here: schedule.py imports nothing from config, and the rates are checked
         # at construction so a bad alpha fails before any data is loaded.
         from infusion_tf.schedule import infusion_rates
@@ -145,6 +153,14 @@ def _check_json_types(values: dict[str, Any]) -> None:
             ok = is_a(value, typing.get_args(hint) or (hint,))
         if not ok:
             raise ValueError(f"config field {name} must be of type {hint}, got {value!r}")
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """Returns `value`, an integer seed in [0, MAX_SEED]. Raises: ValueError naming it otherwise (a larger
+    seed would wrap around in an int32 and give the draws of another seed)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer in [0, {MAX_SEED}], got {value!r}")
+    return value
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -13,13 +13,15 @@ import dataclasses
 import gzip
 import hashlib
 import math
+import socket
+import urllib.parse
 import zlib
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["IMAGE_DATASETS", "TOY_DATASETS", "Splits", "read_idx", "load_idx_splits", "load_tfds_splits",
+__all__ = ["IMAGE_DATASETS", "TOY_DATASETS", "DataUnavailableError", "check_dataset_name", "Splits", "read_idx", "load_idx_splits", "load_tfds_splits",
            "toy_samples", "toy_to_raw", "mixture_of_gaussians_log_density", "banana_log_density",
            "load_splits", "splits_fingerprint", "data_source", "pixel_statistics", "to_unit_interval",
            "make_train_dataset", "make_eval_dataset"]
@@ -41,6 +43,16 @@ _TOY_BOXES = {"mixture_of_gaussians": (np.array([-1.5, -1.5]), np.array([1.5, 1.
 _MOG_COMPONENTS, _MOG_RADIUS, _MOG_STD = 8, 1.0, 0.1
 _TRAIN_EXAMPLES, _TEST_EXAMPLES = 50_000, 10_000  # toy split sizes, as MNIST's
 _SHUFFLE_TAG, _NOISE_TAG, _EVAL_TAG = 0, 1, 2  # keep the seed streams of the pipelines apart
+_CONNECTION_TIMEOUT = 5.0  # seconds: a machine without internet hears so at once, not after minutes
+_OFFLINE_HINT = ("point --data-dir (data_dir= in Python) at local files (the four IDX files of mnist or "
+                 "fashion_mnist) or at a TFDS data folder where the dataset is prepared")
+
+
+class DataUnavailableError(OSError):
+    """A dataset neither on this machine nor fetchable now: offline, or its download or preparation failed.
+
+    An OSError, as a missing file is, so that the commands report it as one `error:` line.
+    """
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -160,7 +172,8 @@ def load_idx_splits(name: str, data_dir: str | None = None, validation_examples:
     if data_dir is None:
         if name not in _BUNDLED_MD5:
             raise ValueError(f"{name!r} is not bundled with infusion_tf (only {tuple(_BUNDLED_MD5)} is); "
-                             f"pass data_dir=<folder holding its four IDX .gz files>")
+                             f"pass data_dir=<folder holding its four IDX .gz files> (--data-dir on the "
+                             f"command line)")
         folder, md5s = _BUNDLED_DIR / name, _BUNDLED_MD5[name]
     else:
         folder, md5s = Path(data_dir), {}
@@ -171,15 +184,79 @@ def load_idx_splits(name: str, data_dir: str | None = None, validation_examples:
     return _split_off_validation(name, train, validation_examples, test)
 
 
-def _tfds_images(tfds, name: str, split: str, data_dir: str | None):
-    """uint8 [n, H, W, C] of one TFDS split, and the dataset info."""
-    try:  # batch_size=-1 would batch by sys.maxsize when the split size is unknown (tfds.testing.mock_data)
-        dataset, info = tfds.load(name, split=split, data_dir=data_dir, batch_size=4096, with_info=True)
-    except ValueError:  # an unknown split or config: the caller's error, already explained by TFDS
+def _unavailable(name: str, builder, why: str) -> DataUnavailableError:
+    folder = getattr(builder, "data_dir_root", None) or "the TFDS data folder"
+    return DataUnavailableError(f"TFDS dataset {name!r} is not prepared in {folder} and could not be fetched: "
+                                f"{why}; {_OFFLINE_HINT}")
+
+
+def _connection_problem(builder) -> str | None:
+    """None when the first host the dataset downloads from accepts a connection within a few seconds, else why."""
+    try:
+        urls = [str(url) for url in (builder.url_infos or {})]
+    except Exception:  # noqa: BLE001 -- a builder without a checksums file: TFDS's own bucket serves many
+        urls = []
+    parts = urllib.parse.urlsplit(urls[0] if urls else "https://storage.googleapis.com")
+    host, port = parts.hostname, parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=_CONNECTION_TIMEOUT).close()
+    except OSError as err:
+        return f"no connection to {host} ({err})"
+    return None
+
+
+def _check_tfds_name(tfds, name: str) -> None:
+    builder = name.split(":")[0].split("/")[0] if isinstance(name, str) else name
+    if builder not in tfds.list_builders(with_community_datasets=False):
+        raise ValueError(f"unknown dataset {name!r}: not one of the local datasets "
+                         f"{IMAGE_DATASETS + TOY_DATASETS} nor a TFDS builder (tfds.list_builders())")
+
+
+def check_dataset_name(name: str) -> None:
+    """Checks that `name` is a local dataset (IMAGE_DATASETS, TOY_DATASETS) or a TFDS builder, reading and
+    downloading nothing, so that a misspelled name is the first thing a command says.
+
+    Raises: ValueError naming the dataset and the local ones.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"dataset must be a non-empty name, got {name!r}")
+    if name not in IMAGE_DATASETS + TOY_DATASETS:
+        import tensorflow_datasets as tfds  # lazily: slow to import and needed only here
+
+        _check_tfds_name(tfds, name)
+
+
+def _tfds_load(tfds, name: str, split: str, data_dir: str | None):
+    """(dataset of batches, info) of one TFDS split, downloaded and prepared first when it is not yet.
+
+    Raises: ValueError for an unknown split or config (TFDS explains it); DataUnavailableError within seconds
+    when the dataset must be downloaded and no connection is made, or when the download or preparation fails.
+    """
+    # batch_size=-1 would batch by sys.maxsize when the split size is unknown (tfds.testing.mock_data)
+    kwargs = dict(split=split, data_dir=data_dir, batch_size=4096, with_info=True)
+    try:
+        return tfds.load(name, download=False, **kwargs)
+    except AssertionError:  # TFDS's "could not find data in <folder>": not prepared there yet
+        pass
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- a damaged prepared copy, an unreadable folder, ...
+        raise _unavailable(name, None, f"reading it failed ({err})") from err
+    builder = tfds.builder(name, data_dir=data_dir)
+    problem = _connection_problem(builder)
+    if problem is not None:
+        raise _unavailable(name, builder, problem)
+    try:
+        return tfds.load(name, download=True, **kwargs)
+    except ValueError:
         raise
     except Exception as err:  # network, checksum, manual-download and preparation failures
-        raise RuntimeError(f"TFDS dataset {name!r} could not be downloaded or prepared ({err}); mnist and "
-                           f"fashion_mnist work offline from local IDX files") from err
+        raise _unavailable(name, builder, f"download or preparation failed ({err})") from err
+
+
+def _tfds_images(tfds, name: str, split: str, data_dir: str | None):
+    """uint8 [n, H, W, C] of one TFDS split, and the dataset info (see _tfds_load for what raises)."""
+    dataset, info = _tfds_load(tfds, name, split, data_dir)
     if "image" not in dataset.element_spec:
         raise ValueError(f"TFDS dataset {name!r} has no 'image' feature, only {sorted(dataset.element_spec)}")
     try:
@@ -199,15 +276,14 @@ def load_tfds_splits(name: str, data_dir: str | None = None, validation_examples
 
     Validation = the last min(validation_examples, n_train // 6) train examples; test = the "test" split
     if the dataset has one, else the validation examples. `name` may carry a config or version
-    ("cifar10:3.0.2"). Raises ValueError for a name TFDS does not know, RuntimeError if it cannot download.
+    ("cifar10:3.0.2"). A dataset not yet prepared in data_dir (None: TFDS's default folder) is downloaded.
+    Raises: ValueError for a name TFDS does not know; DataUnavailableError, within seconds when offline, for
+    a dataset that must be downloaded and cannot be.
     """
     import tensorflow_datasets as tfds  # lazily: slow to import and needed only here
 
     _check_int("validation_examples", validation_examples, 1)
-    builder = name.split(":")[0].split("/")[0] if isinstance(name, str) else name
-    if builder not in tfds.list_builders(with_community_datasets=False):
-        raise ValueError(f"unknown dataset {name!r}: not one of the local datasets "
-                         f"{IMAGE_DATASETS + TOY_DATASETS} nor a TFDS builder (tfds.list_builders())")
+    _check_tfds_name(tfds, name)
     train, info = _tfds_images(tfds, name, "train", data_dir)
     validation_examples = min(validation_examples, len(train) // 6)
     has_test = "test" in info.splits or not info.splits  # mock data declare no splits but serve any
@@ -228,13 +304,15 @@ def _ring_centers(component: np.ndarray) -> np.ndarray:
 
 
 def _toy_raw_samples(name: str, num_examples: int, rng: np.random.Generator) -> np.ndarray:
-    """float64 [n, 2] exact samples in the raw space of the toy density."""
+    """float64 [n, 2] exact samples in the raw space of the toy density. Raises: ValueError for another name."""
     if name == "mixture_of_gaussians":
         centers = _ring_centers(rng.integers(_MOG_COMPONENTS, size=num_examples))  # [n, 2]
         return centers + _MOG_STD * rng.standard_normal((num_examples, 2))
-    x2 = 2.0 * rng.standard_normal(num_examples)  # x2 ~ N(0, 4)
-    x1 = x2**2 / 4 + rng.standard_normal(num_examples)  # x1 | x2 ~ N(x2^2 / 4, 1)
-    return np.stack([x1, x2], axis=1)
+    if name == "banana":
+        x2 = 2.0 * rng.standard_normal(num_examples)  # x2 ~ N(0, 4)
+        x1 = x2**2 / 4 + rng.standard_normal(num_examples)  # x1 | x2 ~ N(x2^2 / 4, 1)
+        return np.stack([x1, x2], axis=1)
+    raise ValueError(f"unknown toy dataset {name!r}; choose one of {TOY_DATASETS}")
 
 
 def _toy_samples(name: str, num_examples: int, rng: np.random.Generator) -> np.ndarray:
@@ -281,15 +359,29 @@ def banana_log_density(x_raw: np.ndarray) -> np.ndarray:
     return -0.5 * (x2**2 / 4 + (x1 - x2**2 / 4) ** 2) - np.log(2 * np.pi) - 0.5 * np.log(4.0)
 
 
+def _reads_idx(dataset: str, data_dir: str | None) -> bool:
+    """Whether an IMAGE_DATASETS name is read from IDX files: the bundled ones, or those in data_dir unless
+    data_dir is a TFDS data folder holding the dataset (data_dir/<dataset>/<version>/) and no IDX files."""
+    if data_dir is None:
+        return dataset in _BUNDLED_MD5
+    folder = Path(data_dir)
+    idx = any((folder / f"train-images-idx3-ubyte{suffix}").is_file() for suffix in (".gz", ""))
+    return idx or not (folder / dataset).is_dir()
+
+
 def load_splits(dataset: str, data_dir: str | None = None, validation_examples: int = 10_000,
                 seed: int = 0) -> Splits:
     """Splits of any supported dataset: local IDX (IMAGE_DATASETS), toy 2-D (TOY_DATASETS), else TFDS.
 
     Toy splits hold 50000 / validation_examples / 10000 points drawn with independent seeds from `seed`.
+    An IMAGE_DATASETS name without IDX files (fashion_mnist without data_dir, or data_dir a TFDS data folder)
+    is read through TFDS, which serves both.
+    Raises: ValueError for an unknown name or bad files; FileNotFoundError for a missing folder or file;
+    DataUnavailableError for a TFDS dataset that is not prepared and cannot be downloaded now.
     """
     if not isinstance(dataset, str) or not dataset.strip():
         raise ValueError(f"dataset must be a non-empty name, got {dataset!r}")
-    if dataset in IMAGE_DATASETS:
+    if dataset in IMAGE_DATASETS and _reads_idx(dataset, data_dir):
         return load_idx_splits(dataset, data_dir, validation_examples)
     if dataset in TOY_DATASETS:
         _check_int("seed", seed, 0)

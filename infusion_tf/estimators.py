@@ -112,7 +112,8 @@ def score_chains(scorer: ChainScorer, x: np.ndarray, num_chains: int, seed: int,
     """Runs `num_chains` infusion chains for every example of x [n, ...] and accumulates their log-weights.
 
     Memory is bounded by rows_per_call (examples x chains per call), whatever num_chains. The seed of
-    call i is fold_in([seed, 0], i): a fixed seed and chunk size give identical results.
+    call i is fold_in(chains.seed_pair(seed), i), fold_in([seed, 0], i) for a seed below 2^31: a fixed seed and
+    chunk size give identical results.
     """
     if int(num_chains) < 1:
         raise ValueError(f"the number of chains k must be >= 1, got {num_chains}")
@@ -132,7 +133,7 @@ def score_chains(scorer: ChainScorer, x: np.ndarray, num_chains: int, seed: int,
         rows = slice(start, min(n, start + examples_per_call))
         for first in range(0, k, chains_per_call):
             c = min(chains_per_call, k - first)
-            step_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int32), call)
+            step_seed = tf.random.experimental.stateless_fold_in(chains.seed_pair(seed), call)
             per_step, sse = scorer(x[rows], c, step_seed)  # [T + 1, b, c], [b, c]
             _accumulate(stats, rows, per_step, sse, scorer.num_dims)
             call += 1

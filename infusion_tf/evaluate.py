@@ -31,13 +31,16 @@ import time
 import numpy as np
 
 from infusion_tf import provenance
-from infusion_tf.cli import OneLineErrorParser  # usage errors: one `error: ...` line, exit status 2
+from infusion_tf.config import check_seed
+from infusion_tf.precision import resolve_precision
+from infusion_tf.cli import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error, field_help, quiet_tensorflow_logs  # usage errors: one `error: ...` line, exit status 2
 
 __all__ = ["ESTIMATORS", "EvalSettings", "evaluate", "use_recomputed_batch_norm", "copy_batch_norm_cache",
            "batch_norm_cache_path", "eval_parser", "main"]
 
 ESTIMATORS = ("lower_bound", "importance_sampling", "isotropic", "parzen", "sample_quality")
 _DEFAULT_K = {"lower_bound": 10, "importance_sampling": 1000, "isotropic": 1000}
+_SAMPLES_TAG = 1  # the seed stream of the samples of Parzen and sample quality (see _sample_seed)
 ISOTROPIC_VARIANCES = np.logspace(-4, 0, 33)  # grid of the isotropic output variance
 
 
@@ -50,8 +53,8 @@ class EvalSettings:
     num_examples: int = 1000  # first N examples of the split (the paper: 1000 test examples)
     k: int | None = None  # chains per example; None: 10 (lower_bound) or 1000 (importance sampling)
     repeats: int = 10  # Table 2 reports mean +- std over 10 repetitions
-    seed: int = 0
-    split: str = "test"
+    seed: int = 0  # fixes the dequantization noise of the evaluated points and the chains of every repeat
+    split: str = "test"  # test | validation | train: the split whose first num_examples are evaluated
     weights: str | None = None  # best | last | a path; None: best if present, else last
     batch_norm: str = "recompute"  # recompute over the training set (the paper) | moving (training's averages)
     batch_norm_cache: bool = True  # reuse (and write) <weights>.batch_norm.npz beside the weights
@@ -59,17 +62,17 @@ class EvalSettings:
     validation_examples: int = 1000  # for choosing the isotropic variance and the Parzen bandwidth
     num_samples: int = 10_000  # Parzen and sample quality: samples drawn from the model
     rows_per_call: int = 2048  # chains scored per call: bounds memory whatever k
-    precision: str = "float32"  # float32 | mixed_bfloat16 (bfloat16 matrix products, float32 densities)
-    data_dir: str | None = None
-    output: str | None = None
+    precision: str = "float32"  # float32 | mixed_bfloat16 (bfloat16 matrix products, float32 densities) | auto
+    data_dir: str | None = None  # the data the run trained on, if it is not found as the run recorded it
+    output: str | None = None  # results file; None: <checkpoint>/results_<estimator>.json
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {list(ESTIMATORS)}")
         if self.split not in ("test", "train", "validation"):
             raise ValueError(f"split must be test, train or validation, got {self.split!r}")
-        if self.precision not in ("float32", "mixed_bfloat16"):
-            raise ValueError(f"precision must be float32 or mixed_bfloat16, got {self.precision!r}")
+        if self.precision not in ("float32", "mixed_bfloat16", "auto"):
+            raise ValueError(f"precision must be float32, mixed_bfloat16 or auto, got {self.precision!r}")
         if self.batch_norm not in ("recompute", "moving"):
             raise ValueError(f"batch_norm must be recompute or moving, got {self.batch_norm!r}")
         if self.k is not None and self.k < 1:
@@ -77,6 +80,7 @@ class EvalSettings:
         for name in ("num_examples", "repeats", "validation_examples", "num_samples", "rows_per_call"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_seed(self.seed)
 
     @property
     def chains(self) -> int:
@@ -147,12 +151,25 @@ def _choose_isotropic_variance(scorer, x_validation, settings: EvalSettings) -> 
     return float(ISOTROPIC_VARIANCES[best]), {f"{v:.6g}": float(m) for v, m in zip(ISOTROPIC_VARIANCES, values)}
 
 
-def _model_samples(model, settings: EvalSettings, seed: int) -> np.ndarray:
-    """num_samples samples (means of the last of config.sampling_steps steps), drawn in batches of 1000."""
+def _sample_seed(seed: int, repeat: int, batch: int):
+    """int32 [2] seed of one batch of samples: [seed, _SAMPLES_TAG] folded with the repeat, then the batch
+    (stateless_fold_in, as the chains and data._derived_seed derive theirs), distinct for every
+    (seed, repeat, batch) whatever their size, where arithmetic on the seed would overflow an int32."""
+    import tensorflow as tf
+
+    key = tf.constant([seed, _SAMPLES_TAG], tf.int32)
+    for index in (repeat, batch):
+        key = tf.random.experimental.stateless_fold_in(key, index, alg="philox")
+    return key
+
+
+def _model_samples(model, settings: EvalSettings, repeat: int) -> np.ndarray:
+    """num_samples samples (means of the last of config.sampling_steps steps), drawn in batches of 1000 with
+    the seeds _sample_seed(settings.seed, repeat, batch)."""
     batches = []
     for i, start in enumerate(range(0, settings.num_samples, 1000)):
         n = min(1000, settings.num_samples - start)
-        batches.append(np.asarray(model.sample(n, seed=seed * 100_003 + i)))
+        batches.append(np.asarray(model.sample(n, seed=_sample_seed(settings.seed, repeat, i))))
     return np.concatenate(batches, axis=0)
 
 
@@ -165,7 +182,7 @@ def _parzen(model, x, x_validation, settings: EvalSettings) -> dict:
     values, estimates, result = [], [], {}
     for r in range(settings.repeats):
         print(f"repeat {r + 1}/{settings.repeats}: {settings.num_samples} samples")
-        samples = _model_samples(model, settings, settings.seed * 1000 + r)
+        samples = _model_samples(model, settings, r)
         estimate = parzen.parzen_estimate(samples, x_validation, x, sigmas=grid)  # warns at the grid's edge
         values.append(estimate.mean_nats)
         estimates.append(estimate)
@@ -183,7 +200,7 @@ def _sample_quality(model, x, train_array, settings: EvalSettings, folder: str) 
     classifier = quality.load_classifier(model.config.dataset)
     scores, distances = [], []
     for r in range(settings.repeats):
-        samples = _model_samples(model, settings, settings.seed * 1000 + r)
+        samples = _model_samples(model, settings, r)
         scores.append(quality.classifier_inception_score(classifier, samples)[0])
         distances.append(quality.classifier_frechet_distance(classifier, samples, x))
         if r == 0:
@@ -204,6 +221,38 @@ def _recorded_settings(settings: EvalSettings) -> dict:
         paths.add("weights")  # a weights file, not a name
     return {name: provenance.portable_path(value) if name in paths else value
             for name, value in dataclasses.asdict(settings).items()}
+
+
+def _check_inputs(config, settings: EvalSettings, output: str) -> None:
+    """Checks what would otherwise fail after the batch-norm recomputation: that `output` can be written and
+    that sample quality has images and a trained classifier for them (quality.require_classifier).
+    Raises: ValueError or OSError naming the problem; creates nothing."""
+    check_output_folder(os.path.dirname(os.path.abspath(output)))
+    if os.path.isdir(output):
+        raise IsADirectoryError(f"--output {output!r} is a folder; give the results file's name")
+    if settings.estimator == "sample_quality":
+        if len(config.example_shape) != 3:
+            raise ValueError(f"sample_quality scores images; {config.dataset!r} has examples of shape "
+                             f"{config.example_shape}")
+        from infusion_tf import quality
+
+        quality.require_classifier(config.dataset)
+
+
+def _read_batch_norm_cache(path: str) -> tuple[dict, dict, dict] | None:
+    """(key, change, statistics) of a cache file; None, with a warning, for a damaged one (it is recomputed)."""
+    try:
+        with np.load(path) as cached:
+            stored, change = json.loads(str(cached["key"])), json.loads(str(cached["change"]))
+            stats = {name: cached[name] for name in cached.files if name not in ("key", "change")}
+    except Exception as e:  # noqa: BLE001 -- zip, pickle, missing-entry and JSON errors all mean a damaged file
+        print(f"warning: ignoring the damaged batch-norm statistics {path} ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return None
+    if not isinstance(stored, dict) or not isinstance(change, dict):
+        print(f"warning: ignoring the damaged batch-norm statistics {path} (no key)", file=sys.stderr)
+        return None
+    return stored, change, stats
 
 
 def batch_norm_cache_path(weights_path: str) -> str:
@@ -238,10 +287,9 @@ def use_recomputed_batch_norm(model, weights_path: str, train: np.ndarray, *, se
     if data_fingerprint is not None:
         key["data_fingerprint"] = data_fingerprint
     path = batch_norm_cache_path(weights_path)
-    if cache and os.path.isfile(path):
-        with np.load(path) as cached:
-            stored, change = json.loads(str(cached["key"])), json.loads(str(cached["change"]))
-            stats = {name: cached[name] for name in cached.files if name not in ("key", "change")}
+    cached = _read_batch_norm_cache(path) if cache and os.path.isfile(path) else None
+    if cached is not None:
+        stored, change, stats = cached
         if _same_cache_key(stored, key):
             estimators.set_batch_norm_statistics(model, stats)
             print(f"batch-norm statistics over {len(train)} training examples read from {path}")
@@ -265,16 +313,14 @@ def use_recomputed_batch_norm(model, weights_path: str, train: np.ndarray, *, se
 def copy_batch_norm_cache(source_weights: str, target_weights: str) -> str | None:
     """Keeps source_weights' recomputed statistics for target_weights, a re-save of the same variables.
 
-    Returns the new cache's path, or None when source_weights has no cache of its current bytes.
+    Returns the new cache's path, or None when source_weights has no cache of its current bytes (or a damaged one).
     """
     source = batch_norm_cache_path(source_weights)
-    if not os.path.isfile(source):
+    cached = _read_batch_norm_cache(source) if os.path.isfile(source) else None
+    if cached is None or cached[0].get("weights_sha256") != provenance.file_sha256(source_weights):
         return None
-    with np.load(source) as cached:
-        arrays = {name: cached[name] for name in cached.files}
-    key = json.loads(str(arrays.pop("key")))
-    if key["weights_sha256"] != provenance.file_sha256(source_weights):
-        return None
+    key, change, stats = cached
+    arrays = {"change": json.dumps(change), **stats}
     target = batch_norm_cache_path(target_weights)
     np.savez(target, key=json.dumps({**key, "weights_sha256": provenance.file_sha256(target_weights)}), **arrays)
     return target
@@ -287,13 +333,16 @@ def evaluate(settings: EvalSettings) -> dict:
 
     started = time.time()
     output = settings.output or os.path.join(settings.checkpoint, f"results_{settings.estimator}.json")
+    precision, precision_why = resolve_precision(settings.precision)  # auto: bfloat16 where the hardware has units
+    settings = dataclasses.replace(settings, precision=precision)  # results.json records what was chosen
     model = load_checkpoint(settings.checkpoint, settings.weights, settings.precision)  # clear error first
     weights_path = find_weights(settings.checkpoint, settings.weights)
     folder = os.path.dirname(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)  # before the work, not after it
     config = model.config
+    _check_inputs(config, settings, output)  # what would fail after minutes of work fails now
     splits, source = training.load_run_data(config, settings.checkpoint, settings.data_dir)  # the run's own data
     train = splits.train if config.train_examples is None else splits.train[:config.train_examples]
+    os.makedirs(folder, exist_ok=True)  # once the inputs are known to be good, before the work
     batch_norm = {"mode": settings.batch_norm}
     if settings.batch_norm == "recompute":
         batch_norm.update(use_recomputed_batch_norm(model, weights_path, train, seed=settings.seed,
@@ -317,6 +366,7 @@ def evaluate(settings: EvalSettings) -> dict:
     result["dequantize"] = {"used": dequantize, "from": "run" if settings.dequantize is None else "flag"}
     result["data_source"] = {**source, "data_dir": provenance.portable_path(source["data_dir"])}
     result["settings"] = {**_recorded_settings(settings), "chains": settings.chains, "config": config.to_dict()}
+    result["precision"] = {"used": precision, "why": precision_why}
     result["weights_sha256"] = provenance.file_sha256(weights_path)
     result["wall_seconds"] = time.time() - started
     result["environment"] = provenance.environment()
@@ -355,25 +405,28 @@ def _print_table(result: dict) -> None:
 def eval_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="eval/run.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="run folder (config.json + weights)")
-    parser.add_argument("--estimator", default="lower_bound", help=f"one of {', '.join(ESTIMATORS)}")
+    parser.add_argument("--estimator", default="lower_bound", help=f"one of {', '.join(ESTIMATORS)} "
+                                                                     f"(default lower_bound)")
+    helps = field_help(EvalSettings)
     for field in dataclasses.fields(EvalSettings):
         if field.name in ("checkpoint", "estimator"):
             continue
         flag = "--" + field.name.replace("_", "-")
+        text = f"{helps.get(field.name, field.name.replace('_', ' '))} (default {field.default})"
         if "bool" in str(field.type):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=text)
         else:
             kind = int if "int" in str(field.type) else str
-            parser.add_argument(flag, type=kind, default=field.default)
+            parser.add_argument(flag, type=kind, default=field.default, help=text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = eval_parser().parse_args(argv)
+    quiet_tensorflow_logs()
     try:
         result = evaluate(EvalSettings(**vars(args)))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as e:  # flags, checkpoint, data (offline included), classifier, output folder
+        return print_error(e)
     _print_table(result)
     return 0

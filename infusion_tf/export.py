@@ -24,12 +24,17 @@ import os
 import shutil
 import sys
 
+if __name__ == "__main__":  # run as `python -m infusion_tf.export`: hide TensorFlow's start-up log before importing it
+    from infusion_tf.cli import quiet_tensorflow_logs
+
+    quiet_tensorflow_logs()
+
 import keras
 import tensorflow as tf
 
 from infusion_tf import chains
 from infusion_tf.checkpoint import find_weights, load_checkpoint
-from infusion_tf.cli import OneLineErrorParser
+from infusion_tf.cli import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error
 from infusion_tf.model import InfusionModel
 
 __all__ = ["export_saved_model", "export_from_checkpoint", "find_weights", "main", "DEFAULT_MAX_SAMPLES",
@@ -147,13 +152,14 @@ def export_saved_model(model: InfusionModel, path: str, max_samples: int = DEFAU
     The SavedModel holds the model's variables and core TensorFlow ops only (no Keras or TFP objects).
     It is written to `path + ".tmp"` and renamed to `path`, replacing an earlier export there.
     Raises: ValueError if max_samples, chunk_size or max_steps is not an integer >= 1, or `path` holds
-    something other than a SavedModel.
+    something other than a SavedModel; OSError if the folder above `path` cannot be created or written.
     """
     for name, value in (("max_samples", max_samples), ("chunk_size", chunk_size), ("max_steps", max_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     path = os.fspath(path).rstrip(os.sep) or os.sep
     _clear_destination(path, remove=False)  # fail before the export's work, not after it
+    check_output_folder(os.path.dirname(os.path.abspath(path)))
     archive = keras.export.ExportArchive()
     archive.track(model)
     for fn, signature in _sampling_functions(model, max_samples, min(chunk_size, max_samples), max_steps):
@@ -205,9 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         path = export_from_checkpoint(args.checkpoint, args.output, weights=args.weights,
                                       max_samples=args.max_samples, max_steps=args.max_steps)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except BAD_INPUT as e:  # flags, a missing or foreign checkpoint, an output that cannot be written
+        sys.exit(print_error(e))
     print(path)
 
 

@@ -166,6 +166,8 @@ class InfusionModel(keras.Model):
                return_means: bool = True, return_chain: bool = False, use_batch_statistics: bool = False):
         """Samples by the model sampling chain (Section 2.2), `config.sampling_steps` steps by default.
 
+        seed: None (the model's seed generator), an integer or an int32 [2] tensor (see chains.seed_pair).
+
         Returns: float32 [num_samples, *example_shape]; with `return_chain`, also [steps + 1, n, ...].
         """
         if int(num_samples) < 1:
@@ -199,9 +201,10 @@ class InfusionModel(keras.Model):
             self._seed_tensor(seed), known=images, mask=mask, return_chain=return_chain)
 
     def _seed_tensor(self, seed):
+        """int32 [2]: a fresh seed for None, else chains.seed_pair(seed) ([seed, 0] for an int below 2^31)."""
         if seed is None:
             return self._next_seed()
-        return tf.constant([int(seed), 0], tf.int32)
+        return chains.seed_pair(seed)
 
     def step_batch_norms(self) -> list[StepBatchNormalization]:
         """The operator's per-step batch-normalization layers (for recomputing their statistics)."""

@@ -15,7 +15,6 @@ Pretrained classifiers live in pretrained/classifiers/<dataset>/ of the reposito
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,6 +24,11 @@ import time
 import warnings
 from pathlib import Path
 
+if __name__ == "__main__":  # run as `python -m infusion_tf.quality`: hide TensorFlow's start-up log before importing it
+    from infusion_tf.cli import quiet_tensorflow_logs
+
+    quiet_tensorflow_logs()
+
 import keras
 import numpy as np
 import scipy.linalg
@@ -32,8 +36,11 @@ import tensorflow as tf
 from scipy.special import logsumexp
 
 from infusion_tf import data, provenance, visualize
+from infusion_tf.cli import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error
+from infusion_tf.config import check_seed
 
-__all__ = ["PRETRAINED_DIR", "load_labels", "build_classifier", "train_classifier", "load_classifier",
+__all__ = ["PRETRAINED_DIR", "load_labels", "build_classifier", "train_classifier", "classifier_path",
+           "require_classifier", "load_classifier",
            "inception_score_from_probs", "classifier_inception_score", "frechet_distance", "feature_statistics",
            "classifier_frechet_distance", "nearest_neighbours", "save_nearest_neighbour_figure", "DEFAULT_EPOCHS",
            "FRECHET_IMAG_TOLERANCE", "main"]
@@ -71,7 +78,8 @@ def load_labels(dataset: str, data_dir: str | None = None,
     if dataset not in data.IMAGE_DATASETS:
         raise ValueError(f"labels are read for {data.IMAGE_DATASETS} only, got {dataset!r}")
     if data_dir is None and dataset not in _LABEL_MD5:
-        raise ValueError(f"{dataset!r} is not bundled with infusion_tf; pass data_dir=<folder of its IDX files>")
+        raise ValueError(f"{dataset!r} is not bundled with infusion_tf; pass data_dir=<folder of its four IDX files> "
+                         f"(--data-dir on the command line)")
     folder, md5s = (data._BUNDLED_DIR / dataset, _LABEL_MD5[dataset]) if data_dir is None else (Path(data_dir), {})
     train = _read_labels(folder, "train-labels-idx1-ubyte", md5s)
     test = _read_labels(folder, "t10k-labels-idx1-ubyte", md5s)
@@ -150,12 +158,18 @@ def train_classifier(dataset: str = "mnist", data_dir: str | None = None, epochs
     atomically; output_dir defaults to PRETRAINED_DIR / dataset; epochs to DEFAULT_EPOCHS[dataset]. Adam
     with the learning rate decayed to 0 on a cosine. `command` is recorded in results.json (default:
     the equivalent `python -m infusion_tf.quality` line). Returns the results dict.
+    Raises: ValueError for bad settings, labels or images; OSError for missing files or an output folder that
+    cannot be written (checked before training).
     """
     start = time.time()
     epochs = DEFAULT_EPOCHS.get(dataset, 10) if epochs is None else epochs
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    keras.utils.set_random_seed(seed)
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not (isinstance(learning_rate, (int, float)) and 0 < learning_rate < math.inf):
+        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+    check_output_folder(str(output_dir) if output_dir else str(PRETRAINED_DIR / dataset))
+    keras.utils.set_random_seed(check_seed(seed))
     train_y, validation_y, test_y = load_labels(dataset, data_dir)  # first: it refuses datasets without labels
     splits = data.load_splits(dataset, data_dir)
     model = build_classifier(splits.example_shape, num_classes=int(train_y.max()) + 1)
@@ -185,19 +199,46 @@ def train_classifier(dataset: str = "mnist", data_dir: str | None = None, epochs
     return results
 
 
+def _is_dataset_name(name: str) -> bool:
+    """A bare word such as "mnist" or "cifar10": no folder separator, no .keras file name."""
+    return bool(name) and "/" not in name and os.sep not in name and name not in (".", "..") \
+        and not name.endswith(".keras")
+
+
+def classifier_path(dataset_or_path: str) -> Path:
+    """Where load_classifier looks: PRETRAINED_DIR/<name>/classifier.keras for a dataset name, wherever the
+    command runs from; else <folder>/classifier.keras of a folder, or the .keras file itself."""
+    name = str(dataset_or_path)
+    path = PRETRAINED_DIR / name if _is_dataset_name(name) else Path(name)
+    return path if path.suffix == ".keras" else path / "classifier.keras"
+
+
+def require_classifier(dataset_or_path: str) -> Path:
+    """classifier_path(dataset_or_path), which must exist: a check that costs nothing, made before any work.
+
+    Raises: ValueError naming the missing file and the command that trains a classifier.
+    """
+    name, path = str(dataset_or_path), classifier_path(dataset_or_path)
+    if path.is_file():
+        return path
+    if name in data.IMAGE_DATASETS or not _is_dataset_name(name):
+        dataset = name if name in data.IMAGE_DATASETS else "mnist"
+        output = "" if _is_dataset_name(name) else f" --output-dir {path.parent}"
+        how = (f"train one with: python -m infusion_tf.quality --dataset {dataset}"
+               f"{_DATA_DIR_HINT.get(dataset, '')}{output} (a few minutes on 2 CPU cores)")
+    else:
+        how = (f"python -m infusion_tf.quality --dataset NAME trains classifiers for {' and '.join(data.IMAGE_DATASETS)} "
+               f"only, not for {name!r}")
+    raise ValueError(f"no classifier for the sample-quality scores at {path}; {how}")
+
+
 def load_classifier(dataset_or_path: str) -> keras.Model:
     """A classifier saved by train_classifier: a dataset name (PRETRAINED_DIR / name), a folder or a .keras file.
 
-    Raises: ValueError naming the missing file and the command that trains it, or a model lacking "features".
+    Raises: ValueError naming the missing file and the command that trains it (require_classifier), or for a
+    model lacking "features".
     """
-    name = str(dataset_or_path)
-    path = PRETRAINED_DIR / name if name in data.IMAGE_DATASETS else Path(name)
-    if path.suffix != ".keras":
-        path = path / "classifier.keras"
-    if not path.is_file():
-        dataset = name if name in data.IMAGE_DATASETS else "mnist"
-        raise ValueError(f"no classifier at {path}; train one with: python -m infusion_tf.quality --dataset "
-                         f"{dataset}{_DATA_DIR_HINT.get(dataset, '')} --output-dir {path.parent}")
+    path = require_classifier(dataset_or_path)
     model = keras.saving.load_model(path, compile=False)
     if "features" not in {layer.name for layer in model.layers}:
         raise ValueError(f"{path} has no 'features' layer; it was not built by quality.build_classifier")
@@ -340,7 +381,7 @@ def save_nearest_neighbour_figure(path: str, samples, train, num: int = 10, neig
 def main(argv: list[str] | None = None) -> int:
     """python -m infusion_tf.quality --dataset mnist [--data-dir D] [--epochs N] [--output-dir D]."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="python -m infusion_tf.quality", description=train_classifier.__doc__)
+    parser = OneLineErrorParser(prog="python -m infusion_tf.quality", description=train_classifier.__doc__)
     parser.add_argument("--dataset", default="mnist", choices=data.IMAGE_DATASETS)
     parser.add_argument("--data-dir", default=None, help="folder of the four IDX files (bundled MNIST if omitted)")
     parser.add_argument("--epochs", type=int, default=None, help=f"default: {DEFAULT_EPOCHS}")
@@ -350,8 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default=None, help="default: pretrained/classifiers/<dataset>")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "infusion_tf.quality", *provenance.portable_argv(argv)])
-    results = train_classifier(args.dataset, args.data_dir, args.epochs, args.batch_size, args.learning_rate,
-                               args.seed, args.output_dir, command=command)
+    try:
+        results = train_classifier(args.dataset, args.data_dir, args.epochs, args.batch_size, args.learning_rate,
+                                   args.seed, args.output_dir, command=command)
+    except BAD_INPUT as e:  # settings, IDX files, an output folder that cannot be written
+        return print_error(e)
     print(json.dumps(results, indent=2))
     return 0
 

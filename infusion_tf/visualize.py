@@ -91,32 +91,46 @@ def save_scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = 
     return path
 
 
+def _read_curves(csv_path: str, keys) -> tuple[list[int], dict[str, list[float]]]:
+    """The 1-based epochs of a run's log.csv and the values of each of `keys` it has.
+
+    Raises: ValueError naming the file when it holds no epochs or a row without numbers where they belong.
+    """
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{csv_path} holds no epochs yet")
+    try:
+        epochs = [int(r["epoch"]) + 1 for r in rows]
+        return epochs, {key: [float(r[key]) for r in rows] for key in keys if key in rows[0]}
+    except (KeyError, TypeError, ValueError) as e:  # a missing column, a short row, a value that is not a number
+        raise ValueError(f"{csv_path} is damaged: {type(e).__name__} {e}") from None
+
+
 def plot_curves(csv_path: str, png_path: str, keys=("lower_bound", "val_lower_bound"), title: str = "",
                 labels: dict[str, str] | None = None) -> str:
     """Training curves from the CSV log of a run (Figure 3): lower bound in nats against epochs.
 
-    labels: legend text per key (default: the key itself).
+    labels: legend text per key (default: the key itself). The PNG is written under a temporary name and renamed.
+    Raises: ValueError for a log without epochs or a damaged one (see _read_curves).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise ValueError(f"{csv_path} holds no epochs yet")
-    epochs = [int(r["epoch"]) + 1 for r in rows]
+    epochs, curves = _read_curves(csv_path, keys)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for key in keys:
-        if key in rows[0]:
-            ax.plot(epochs, [float(r[key]) for r in rows], label=(labels or {}).get(key, key))
+    for key, values in curves.items():
+        ax.plot(epochs, values, label=(labels or {}).get(key, key))
     ax.set_xlabel("epoch")
     ax.set_ylabel("lower bound (nats per example)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path)
+    tmp = png_path + ".tmp.png"  # the extension tells matplotlib the format
+    fig.savefig(tmp)
     plt.close(fig)
+    os.replace(tmp, png_path)
     return png_path

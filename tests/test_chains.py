@@ -366,6 +366,18 @@ def test_sampling_chain_fixed_seed_reproducible():
     assert not np.allclose(first, other)
 
 
+def test_seed_pair_is_injective_where_an_int32_would_wrap():
+    np.testing.assert_array_equal(chains.seed_pair(21), [21, 0])  # the seeds used so far are unchanged
+    big = [2**31 - 1, 2**31, 2**31 + 21, 2**32 + 21, 2**61]
+    pairs = {tuple(chains.seed_pair(s).numpy()) for s in [21, *big]}
+    assert len(pairs) == 1 + len(big)  # tf.constant([s, 0], tf.int32) gave 2**32 + 21 the pair of 21
+    derived = tf.random.experimental.stateless_fold_in(tf.constant([3, 4], tf.int32), 5)
+    np.testing.assert_array_equal(chains.seed_pair(derived), derived)  # a derived seed passes through
+    for bad in (-1, 2**62, tf.constant([1, 2, 3]), tf.constant([0.5, 1.0])):
+        with pytest.raises(ValueError, match="seed"):
+            chains.seed_pair(bad)
+
+
 def test_sampling_chain_past_T():
     """A T = 3 model sampled for 7 steps (Section 4.2), with a tensor step count."""
     op = _small_mlp(num_steps=3)

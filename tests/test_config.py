@@ -83,6 +83,9 @@ def test_example_shape_normalized_to_int_tuple():
     (dict(operator="conv"), ["conv", "28"]),  # default example_shape is MNIST's 28x28x1
     (dict(operator="conv", example_shape=(48, 48, 3)), ["conv", "48"]),
     (dict(operator="conv", example_shape=(32, 64, 3)), ["conv"]),
+    (dict(operator="conv", example_shape=(32, 32, 3), depth=3), ["depth=3", "conv", "mlp"]),  # conv ignores it
+    (dict(seed=-1), ["seed", "-1"]),
+    (dict(seed=2**31), ["seed", str(2**31)]),  # would wrap around in the int32 seeds
 ])
 def test_invalid_values_raise_clear_errors(kwargs, words):
     with pytest.raises(ValueError) as info:
@@ -94,6 +97,12 @@ def test_invalid_values_raise_clear_errors(kwargs, words):
 def test_conv_accepts_32_and_64():
     assert InfusionConfig(operator="conv", example_shape=(32, 32, 3)).operator == "conv"
     assert InfusionConfig(operator="conv", example_shape=(64, 64, 3)).operator == "conv"
+
+
+def test_every_preset_builds_and_mlp_depth_is_free():
+    for name, config in PRESETS.items():
+        assert dataclasses.replace(config) == config, name
+    assert InfusionConfig(depth=3).depth == 3 and InfusionConfig(seed=2**31 - 1).seed == 2**31 - 1
 
 
 def test_replace_revalidates():

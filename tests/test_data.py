@@ -177,15 +177,59 @@ def test_unknown_dataset_name_is_named():
         data.load_splits("no_such_dataset_xyz")
 
 
-def test_tfds_download_failure_is_a_runtime_error(monkeypatch):
+def test_tfds_download_failure_is_data_unavailable(monkeypatch, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
 
-    def offline(*args, **kwargs):
+    def load(*args, download=True, **kwargs):
+        if not download:
+            raise AssertionError("Dataset cifar10: could not find data")  # as TFDS says: not prepared
         raise ConnectionError("Failed to resolve 'www.cs.toronto.edu'")
 
-    monkeypatch.setattr(tfds, "load", offline)
-    with pytest.raises(RuntimeError, match="could not be downloaded.*work offline"):
-        data.load_tfds_splits("cifar10")
+    monkeypatch.setattr(tfds, "load", load)
+    monkeypatch.setattr(data, "_connection_problem", lambda builder: None)  # the connection check passes
+    with pytest.raises(data.DataUnavailableError, match="download or preparation failed.*--data-dir"):
+        data.load_tfds_splits("cifar10", data_dir=str(tmp_path))
+
+
+def test_tfds_dataset_not_prepared_offline_fails_within_seconds(monkeypatch, tmp_path):
+    """No connection: one line that says the data could not be fetched and how to point --data-dir at them."""
+    pytest.importorskip("tensorflow_datasets")
+    calls = []
+
+    def unreachable(address, timeout):
+        calls.append((address, timeout))
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(data.socket, "create_connection", unreachable)
+    with pytest.raises(data.DataUnavailableError) as error:
+        data.load_splits("cifar10", data_dir=str(tmp_path))  # an empty TFDS data folder
+    message = str(error.value)
+    for words in ("'cifar10'", str(tmp_path), "could not be fetched", "www.cs.toronto.edu", "--data-dir",
+                  "TFDS data folder"):
+        assert words in message, (words, message)
+    assert "\n" not in message and isinstance(error.value, OSError)  # the commands' one error line
+    assert calls and calls[0][0] == ("www.cs.toronto.edu", 443) and calls[0][1] <= 10
+
+
+def test_fashion_mnist_without_local_files_comes_from_tfds():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=60):
+        splits = data.load_splits("fashion_mnist")
+    assert splits.name == "fashion_mnist" and splits.example_shape == (28, 28, 1)
+
+
+def test_idx_or_tfds_folder_for_the_image_datasets(tmp_path):
+    assert data._reads_idx("mnist", None) and not data._reads_idx("fashion_mnist", None)
+    assert data._reads_idx("fashion_mnist", str(tmp_path))  # a folder without a TFDS layout: its IDX files
+    (tmp_path / "fashion_mnist" / "3.0.1").mkdir(parents=True)
+    assert not data._reads_idx("fashion_mnist", str(tmp_path))  # a TFDS data folder
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    assert data._reads_idx("fashion_mnist", str(tmp_path))  # IDX files win
+
+
+def test_not_bundled_idx_dataset_names_the_flag():
+    with pytest.raises(ValueError, match=r"data_dir=.*\(--data-dir on the command line\)"):
+        data.load_idx_splits("fashion_mnist")
 
 
 # ---------------------------------------------------------------------------------------------- toy data
@@ -258,6 +302,14 @@ def test_load_splits_toy_uses_independent_seeds():
     np.testing.assert_array_equal(splits.train, data.load_splits("banana", validation_examples=5_000, seed=7).train)
     with pytest.raises(ValueError, match="seed"):
         data.load_splits("banana", seed=-1)
+
+
+@pytest.mark.parametrize("draw", [lambda: data._toy_raw_samples("bananas", 10, np.random.default_rng(0)),
+                                  lambda: data.toy_samples("bananas", 10, seed=0),
+                                  lambda: data.toy_to_raw("bananas", np.zeros((1, 2)))])
+def test_unknown_toy_dataset_raises_rather_than_drawing_bananas(draw):
+    with pytest.raises(ValueError, match="unknown toy dataset 'bananas'.*mixture_of_gaussians"):
+        draw()
 
 
 # ------------------------------------------------------------------------------- statistics and scaling

@@ -231,6 +231,17 @@ def test_load_classifier_missing_names_the_command(tmp_path):
         quality.load_classifier(str(tmp_path))
 
 
+def test_classifiers_are_found_beside_the_package_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cifar10").mkdir()  # a folder of that name here is not where a dataset's classifier lives
+    assert quality.classifier_path("mnist") == quality.PRETRAINED_DIR / "mnist" / "classifier.keras"
+    assert quality.classifier_path("cifar10") == quality.PRETRAINED_DIR / "cifar10" / "classifier.keras"
+    assert quality.require_classifier("mnist").is_file()
+    with pytest.raises(ValueError, match=r"pretrained.classifiers.cifar10.*python -m infusion_tf.quality --dataset"):
+        quality.require_classifier("cifar10")
+    assert quality.classifier_path(str(tmp_path / "clf")) == tmp_path / "clf" / "classifier.keras"
+
+
 def test_build_classifier_layers():
     model = quality.build_classifier((28, 28, 1))
     assert model.get_layer("features").output.shape[-1] == 128

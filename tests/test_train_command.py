@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
-import hashlib
 import json
 import math
 import os
@@ -21,6 +20,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from _helpers import assert_usage_error, snapshot  # tests/ is on sys.path under pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO / "infusion_tf" / "datasets" / "mnist"  # shipped with the package: bad copies are made from it
@@ -47,19 +48,6 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert "done:" in result.stdout
 
 
-def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit status 2 and exactly one `error: ...` line on stderr naming every word; returns that line."""
-    report = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.returncode == 2, report
-    assert "Traceback" not in result.stderr, report
-    assert "done:" not in result.stdout, report
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, report
-    for word in words:
-        assert word in errors[0], f"{word!r} not in {errors[0]!r}"
-    return errors[0]
-
-
 def read_log(run: pathlib.Path) -> list[dict[str, float]]:
     with open(run / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -71,12 +59,6 @@ def read_log(run: pathlib.Path) -> list[dict[str, float]]:
 def read_state(run: pathlib.Path) -> dict:
     with open(run / "checkpoints" / "state.json") as f:
         return json.load(f)
-
-
-def snapshot(folder: pathlib.Path) -> dict[str, tuple[str, int]]:
-    """relative path -> (md5, mtime_ns) of every file under folder."""
-    return {str(p.relative_to(folder)): (hashlib.md5(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def decode_png(path: pathlib.Path) -> np.ndarray:
