@@ -45,7 +45,7 @@ from infusion_tf.model import InfusionModel
 __all__ = ["RunPaths", "Progress", "RESUMABLE_FIELDS", "TrainingInterrupted", "check_output_dir", "resume_config",
            "create_output_dir", "DATA_SOURCE_FILENAME", "read_data_source", "load_run_data", "load_training_data",
            "build_model", "CheckpointCallback", "NonFiniteLossGuard",
-           "SamplesCallback", "PatienceStopping", "StopOnSignal", "read_progress", "train"]
+           "SamplesCallback", "PatienceStopping", "StopOnSignal", "EpochTimer", "describe_run", "read_progress", "train"]
 
 RESUMABLE_FIELDS = ("epochs", "patience")  # what --resume may change; every other setting is the run's own
 _PROGRESS_ENTRY = "infusion_progress.json"  # the Progress, stored inside last.keras beside the weights
@@ -379,9 +379,62 @@ class StopOnSignal(keras.callbacks.Callback):
     on_train_begin = on_epoch_begin = on_train_batch_end = on_epoch_end = _stop_if_signalled
 
 
+def _duration(seconds: float) -> str:
+    """A rounded duration a person reads at a glance: 45 s, 12 min, 3.4 h, 2.1 days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} days"
+
+
+def describe_run(config: InfusionConfig, splits: data_lib.Splits, model, output_dir: str,
+                 progress: Progress) -> list[str]:
+    """The header a run prints before training: data, model, optimization, where it writes, how to stop."""
+    shape = "x".join(str(s) for s in config.example_shape)
+    schedule = (f"alpha(0) = {config.alpha0:g}, omega = {config.omega:g}" if config.schedule == "increasing"
+                else f"alpha = {config.alpha0:g} (constant)")
+    layers = f"{config.depth} x {config.width}" if config.operator == "mlp" else f"width {config.width}"
+    start = "starting" if progress.epoch == 0 else f"resuming after epoch {progress.epoch}"
+    steps = len(splits.train) // config.batch_size
+    return [
+        f"data:      {config.dataset}, {len(splits.train)} train / {len(splits.validation)} validation / "
+        f"{len(splits.test)} test examples of shape {shape}",
+        f"model:     {config.operator} operator ({layers}), T = {config.num_steps} steps, {schedule}, "
+        f"{model.count_params():,} parameters",
+        f"training:  {config.objective} objective, batch {config.batch_size}, Adam {config.learning_rate:g}, "
+        f"{config.precision}; {start}, {config.epochs} epochs of {steps} steps",
+        f"output:    {output_dir} (config.json, checkpoints/, log.csv, samples/, tensorboard/)",
+        f"stop:      Ctrl-C keeps every complete epoch; continue with --resume --output-dir {output_dir}",
+    ]
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """When the second epoch of this process begins: the first one's time (training, validation, checkpoint and
+    pictures) and the projected time of the epochs left. Printed then, not at the first epoch's end, so that the
+    line does not cut into the progress bar's last update."""
+
+    def __init__(self, total_epochs: int, printer=print):
+        super().__init__()
+        self.total_epochs, self.printer = total_epochs, printer
+        self._started: float | None = None
+        self.seconds: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._started is None:
+            self._started = time.monotonic()
+        elif self.seconds is None:
+            self.seconds = time.monotonic() - self._started
+            left = self.total_epochs - epoch
+            self.printer(f"epoch {epoch} took {_duration(self.seconds)} (with tracing); the {left} epochs left "
+                         f"would take about {_duration(left * self.seconds)} (--epochs, --patience to change)")
+
+
 class SamplesCallback(keras.callbacks.Callback):
-    """Every `every` epochs and at the last one: a grid of samples and a grid of sampling chains (PNG).
-    Nothing for an epoch in which `guard` tripped."""
+    """After the first epoch, every `every` epochs and at the last one: a grid of samples and a grid of sampling
+    chains (PNG). Nothing for an epoch in which `guard` tripped."""
 
     def __init__(self, paths: RunPaths, config: InfusionConfig, reference: np.ndarray | None = None,
                  num_samples: int = 100, num_chains: int = 10, guard: NonFiniteLossGuard | None = None):
@@ -391,7 +444,8 @@ class SamplesCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
-        if (done % self.config.sample_every and done != self.config.epochs) or (self.guard and self.guard.tripped):
+        due = done == 1 or done % self.config.sample_every == 0 or done == self.config.epochs
+        if not due or (self.guard and self.guard.tripped):
             return
         write_samples(self.model, self.paths.samples, tag=f"epoch{done:04d}", reference=self.reference,
                       num_samples=self.num_samples, num_chains=self.num_chains)
@@ -518,6 +572,8 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
                                               epochs=config.epochs)
     val_ds = data_lib.make_eval_dataset(splits.validation, config.batch_size, seed=config.seed + 1,
                                         dequantize=config.dequantize)
+    if verbose:
+        print("\n".join(describe_run(config, splits, model, output_dir, progress)), flush=True)
     guard = NonFiniteLossGuard()
     checkpoint = CheckpointCallback(paths, guard, progress)
     patience, stop = PatienceStopping(checkpoint, config.patience), StopOnSignal()
@@ -525,8 +581,9 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
     loggers = [keras.callbacks.CSVLogger(paths.log, append=progress.epoch > 0),
                keras.callbacks.TensorBoard(paths.tensorboard, write_graph=False, profile_batch=0)]
     # Order matters: the epoch is logged and drawn, then committed, then early stopping and signals act.
+    timer = [EpochTimer(config.epochs)] if verbose else []
     all_callbacks = [guard, *loggers, SamplesCallback(paths, config, reference, guard=guard), *callbacks, checkpoint,
-                     patience, stop]
+                     patience, *timer, stop]
     with stop.installed():
         try:
             history = model.fit(train_ds, epochs=config.epochs, initial_epoch=progress.epoch,
