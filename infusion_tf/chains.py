@@ -65,23 +65,6 @@ def gaussian_log_prob(z: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor) -> tf.
     return tfd.Normal(loc=mean, scale=tf.sqrt(variance)).log_prob(z)
 
 
-
-
-def _target_log_prob(x, mean, variance, batch_dims: int = 1) -> tf.Tensor:
-    """log p(t)(x | z~(t-1)) = sum_i log N(x_i; mean_i, variance_i): the denoising term. Returns [*batch]."""
-    return _sum_dims(gaussian_log_prob(x, mean, variance), batch_dims)
-
-
-def _draw_log_probs(z, x, mean, variance, alpha_t, delta_variance: float, batch_dims: int = 1):
-    """(log p(t)(z | .), log q(t)(z | ., x)) of a draw z~(t) whose model component is N(mean, variance).
-
-    The mixture reuses p's per-dimension densities. Returns: ([*batch], [*batch]).
-    """
-    log_p_dims = gaussian_log_prob(z, mean, variance)
-    log_q_dims = _infusion_log_prob_dims(log_p_dims, z, x, alpha_t, delta_variance)
-    return _sum_dims(log_p_dims, batch_dims), _sum_dims(log_q_dims, batch_dims)
-
-
 def prior_log_prob(z: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor) -> tf.Tensor:
     """log p(0)(z), the factorial Gaussian prior (Sections 2.2 and 4). z: [B, ...] -> [B]."""
     return _sum_dims(gaussian_log_prob(z, mean, variance))
@@ -151,6 +134,41 @@ def _step_seed(seed: tf.Tensor, t: int | tf.Tensor) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(seed, tf.cast(t, tf.int32))
 
 
+def _infusion_draws(operator: Operator, x, prior_mean, prior_variance, alpha, delta_variance: float,
+                    seed: tf.Tensor, *, use_batch_statistics: bool, update_statistics: bool, stop_gradient: bool):
+    """The one place that draws the infusion chain: z~(0) ~ q(0)(. | x), z~(t) ~ q(t)(. | z~(t-1), x) (Sec. 2.3.1).
+
+    Yields, for t = 0 .. T-1, (z~(t), mean, variance): the draw, [B, ...], and the parameters of the model
+    component it was drawn from, p(0)'s [...] at t = 0, then the operator's p(t)(. | z~(t-1)), [B, ...].
+    Draw t uses the seed `_step_seed(seed, t)`. The operator is called once per step t >= 1 (step t - 1),
+    only when draw t is asked for: the T - 1 calls that drawing needs, never p(T)(. | z~(T-1)).
+    """
+    mean, variance = tf.convert_to_tensor(prior_mean), tf.convert_to_tensor(prior_variance)
+    for t in range(int(alpha.shape[0])):
+        if t > 0:
+            mean, variance = operator(z_tilde, step=t - 1, use_batch_statistics=use_batch_statistics,
+                                      update_statistics=update_statistics)  # [B, ...] each
+        z_tilde = infusion_sample(x, mean, variance, alpha[t], delta_variance, _step_seed(seed, t))
+        z_tilde = tf.stop_gradient(z_tilde) if stop_gradient else z_tilde
+        yield z_tilde, mean, variance
+
+
+def _step_terms(x, z_tilde, draw_mean, draw_variance, mean, variance, alpha_t, delta_variance: float,
+                batch_dims: int = 1) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The one place that scores a step t of the chain: its terms of Eq. 3 and of the denoising objective.
+
+    z_tilde: z~(t), drawn from q(t), whose model component N(draw_mean, draw_variance) is p(t)(. | z~(t-1))
+    (p(0) at t = 0); mean, variance: p(t+1)(. | z~(t)), the operator's output on z~(t). The mixture q(t)
+    reuses p(t)'s per-dimension densities. batch_dims = 1: one step, [B, ...] tensors, alpha_t a scalar;
+    batch_dims = 2: all steps at once, [T, B, ...] tensors, alpha_t [T, 1, ...]; x [B, ...] broadcasts.
+    Returns: (log p(t+1)(x | z~(t)), log p(t)(z~(t) | .), log q(t)(z~(t) | ., x)), each [*batch].
+    """
+    log_p_dims = gaussian_log_prob(z_tilde, draw_mean, draw_variance)
+    log_q_dims = _infusion_log_prob_dims(log_p_dims, z_tilde, x, alpha_t, delta_variance)
+    log_p_target = _sum_dims(gaussian_log_prob(x, mean, variance), batch_dims)
+    return log_p_target, _sum_dims(log_p_dims, batch_dims), _sum_dims(log_q_dims, batch_dims)
+
+
 def infusion_chain(operator: Operator, x, prior_mean, prior_variance, alpha, delta_variance: float,
                    seed: tf.Tensor, *, use_batch_statistics: bool = True, update_statistics: bool = False,
                    stop_gradient: bool = True) -> ChainTerms:
@@ -163,25 +181,16 @@ def infusion_chain(operator: Operator, x, prior_mean, prior_variance, alpha, del
     Returns: ChainTerms, each [T, B].
     """
     num_steps = int(alpha.shape[0])
-    prior_mean, prior_variance = tf.convert_to_tensor(prior_mean), tf.convert_to_tensor(prior_variance)
-    z = infusion_sample(x, prior_mean, prior_variance, alpha[0], delta_variance, _step_seed(seed, 0))
-    z = tf.stop_gradient(z) if stop_gradient else z
-    log_p, log_q = _draw_log_probs(z, x, prior_mean, prior_variance, alpha[0], delta_variance)  # p(0), q(0)
-    log_p_chain, log_q_chain = [log_p], [log_q]
-    log_p_target = []
-    for t in range(1, num_steps + 1):
-        mean, variance = operator(z, step=t - 1, use_batch_statistics=use_batch_statistics,
-                                  update_statistics=update_statistics)  # [B, ...] each
-        log_p_target.append(_target_log_prob(x, mean, variance))
-        if t == num_steps:
-            final_squared_error = _sum_dims(tf.square(x - mean))
-            break
-        z = infusion_sample(x, mean, variance, alpha[t], delta_variance, _step_seed(seed, t))
-        z = tf.stop_gradient(z) if stop_gradient else z
-        log_p, log_q = _draw_log_probs(z, x, mean, variance, alpha[t], delta_variance)
-        log_p_chain.append(log_p)
-        log_q_chain.append(log_q)
-    return ChainTerms(tf.stack(log_p_target), tf.stack(log_p_chain), tf.stack(log_q_chain), final_squared_error)
+    draws = list(_infusion_draws(operator, x, prior_mean, prior_variance, alpha, delta_variance, seed,
+                                 use_batch_statistics=use_batch_statistics, update_statistics=update_statistics,
+                                 stop_gradient=stop_gradient))  # T x (z~(t), p(t)'s mean, variance)
+    last = operator(draws[-1][0], step=num_steps - 1, use_batch_statistics=use_batch_statistics,
+                    update_statistics=update_statistics)  # p(T)(. | z~(T-1)): only the last denoising term
+    transitions = [(mean, variance) for _, mean, variance in draws[1:]] + [last]  # p(t+1)(. | z~(t))
+    per_step = [_step_terms(x, z_tilde, draw_mean, draw_variance, mean, variance, alpha[t], delta_variance)
+                for t, ((z_tilde, draw_mean, draw_variance), (mean, variance)) in enumerate(zip(draws, transitions))]
+    log_p_target, log_p_chain, log_q_chain = (tf.stack(terms) for terms in zip(*per_step))  # [T, B] each
+    return ChainTerms(log_p_target, log_p_chain, log_q_chain, _sum_dims(tf.square(x - last[0])))
 
 
 def infusion_trajectory(operator: Operator, x, prior_mean, prior_variance, alpha, delta_variance: float,
@@ -189,20 +198,15 @@ def infusion_trajectory(operator: Operator, x, prior_mean, prior_variance, alpha
     """Draws the infusion chain z~(0) .. z~(T-1) ~ q(z~ | x) without scoring it (Section 2.3.1).
 
     The first of the denoising training step's two passes: the draws are the ones `infusion_chain` makes
-    with the same seed, and no gradient flows through them. `score_infusion_chain` then scores all steps
-    in one batch of T * B rows, whose matrix products run much closer to the machine's peak than T
-    products of B rows (docs/performance.md).
+    with the same seed (both take them from `_infusion_draws`), T - 1 operator calls that update no batch
+    statistics, and no gradient flows through them. `score_infusion_chain` then scores all steps in one
+    batch of T * B rows, whose matrix products run much closer to the machine's peak than T products of
+    B rows (docs/performance.md).
     x: float32 [B, ...]. Returns: float32 [T, B, ...].
     """
-    num_steps = int(alpha.shape[0])
-    z = infusion_sample(x, prior_mean, prior_variance, alpha[0], delta_variance, _step_seed(seed, 0))
-    draws = [z]
-    for t in range(1, num_steps):
-        mean, variance = operator(z, step=t - 1, use_batch_statistics=use_batch_statistics,
-                                  update_statistics=False)
-        z = infusion_sample(x, mean, variance, alpha[t], delta_variance, _step_seed(seed, t))
-        draws.append(z)
-    return tf.stop_gradient(tf.stack(draws))
+    draws = _infusion_draws(operator, x, prior_mean, prior_variance, alpha, delta_variance, seed,
+                            use_batch_statistics=use_batch_statistics, update_statistics=False, stop_gradient=False)
+    return tf.stop_gradient(tf.stack([z_tilde for z_tilde, _, _ in draws]))
 
 
 def score_infusion_chain(operator: Operator, x, z_tilde, prior_mean, prior_variance, alpha, delta_variance: float,
@@ -211,21 +215,20 @@ def score_infusion_chain(operator: Operator, x, z_tilde, prior_mean, prior_varia
 
     z_tilde: [T, B, ...], z~(t) for t = 0 .. T-1 (from `infusion_trajectory`); x: [B, ...]. The operator
     runs with step=None on all of them at once: its row t is p(t+1)(. | z~(t)), normalized with step t's
-    batch statistics, exactly as `infusion_chain` computes it one step at a time.
+    batch statistics, exactly as `infusion_chain` computes it one step at a time; `_step_terms` then scores
+    the T steps as one batch.
     Returns: ChainTerms, each [T, B], equal to `infusion_chain`'s for the same draws.
     """
     num_steps = int(z_tilde.shape[0])
     mean, variance = operator(z_tilde, step=None, use_batch_statistics=use_batch_statistics,
                               update_statistics=update_statistics)  # [T, B, ...]: p(t+1)(. | z~(t))
-    log_p_target = _target_log_prob(x, mean, variance, batch_dims=2)
     # The distribution each z~(t) was drawn from: p(0), then p(t)(. | z~(t-1)).
     prior_shaped = tf.zeros_like(z_tilde[:1])
-    previous_mean = tf.concat([prior_shaped + prior_mean, mean[:-1]], axis=0)  # [T, B, ...]
-    previous_variance = tf.concat([prior_shaped + prior_variance, variance[:-1]], axis=0)
+    draw_mean = tf.concat([prior_shaped + prior_mean, mean[:-1]], axis=0)  # [T, B, ...]
+    draw_variance = tf.concat([prior_shaped + prior_variance, variance[:-1]], axis=0)
     alpha_t = tf.reshape(tf.cast(alpha, tf.float32), [num_steps] + [1] * (len(z_tilde.shape) - 1))
-    log_p_chain, log_q_chain = _draw_log_probs(z_tilde, x, previous_mean, previous_variance, alpha_t,
-                                               delta_variance, batch_dims=2)
-    return ChainTerms(log_p_target, log_p_chain, log_q_chain, _sum_dims(tf.square(x - mean[-1])))
+    terms = _step_terms(x, z_tilde, draw_mean, draw_variance, mean, variance, alpha_t, delta_variance, batch_dims=2)
+    return ChainTerms(*terms, _sum_dims(tf.square(x - mean[-1])))
 
 
 def lower_bound_terms(terms: ChainTerms) -> tf.Tensor:

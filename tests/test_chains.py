@@ -264,6 +264,55 @@ def test_trajectory_scored_at_once_equals_the_step_by_step_chain(example_shape):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-2)
 
 
+def test_step_terms_match_numpy_one_step_and_all_steps_at_once():
+    """The one scoring function of both training paths, against scipy: one step ([B, ...], batch_dims=1) and
+    all T steps as one batch ([T, B, ...], batch_dims=2), for a tiny operator and alpha(0) = 0."""
+    num_steps, delta, batch = 3, 1e-3, 5
+    alpha = np.array([0.0, 0.4, 0.8], np.float32)
+    rng = np.random.default_rng(20)
+    x = rng.uniform(size=(batch, 2, 3)).astype(np.float32)
+    op = SpyOperator(num_steps, seed=21)
+    z_tilde = rng.uniform(size=(num_steps, batch, 2, 3)).astype(np.float32)  # z~(0) .. z~(T-1)
+    # p(t+1)(. | z~(t)), and p(t) that z~(t) was drawn from: p(0) (a Gaussian of its own) at t = 0.
+    mean, variance = (np.stack(p).astype(np.float32) for p in zip(*(op.numpy(z, t) for t, z in enumerate(z_tilde))))
+    prior_mean = np.broadcast_to(rng.uniform(size=(2, 3)).astype(np.float32), (1, *x.shape))
+    draw_mean = np.concatenate([prior_mean, mean[:-1]])  # [T, B, 2, 3]
+    draw_variance = np.concatenate([np.full((1, *x.shape), 0.05, np.float32), variance[:-1]])
+
+    def total(values):
+        return values.reshape(batch, -1).sum(1)
+
+    expected = []  # [T, 3 terms, B]
+    for t in range(num_steps):
+        z, m, v = z_tilde[t], draw_mean[t], draw_variance[t]
+        expected.append([total(stats.norm.logpdf(x, mean[t], np.sqrt(variance[t]))),
+                         total(stats.norm.logpdf(z, m, np.sqrt(v))),
+                         _numpy_infusion_log_prob(z, x, m, v, float(alpha[t]), delta)])
+    expected = np.array(expected)
+    one_step = [chains._step_terms(x, z_tilde[t], draw_mean[t], draw_variance[t], mean[t], variance[t],
+                                   alpha[t], delta) for t in range(num_steps)]
+    all_steps = chains._step_terms(x, z_tilde, draw_mean, draw_variance, mean, variance,
+                                   alpha.reshape(num_steps, 1, 1, 1), delta, batch_dims=2)
+    np.testing.assert_allclose(np.array(one_step), expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.stack(all_steps, axis=1), expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(expected[0, 1], expected[0, 2], rtol=1e-6)  # alpha(0) = 0: q(0) is p(0)
+
+
+def test_trajectory_draws_are_the_chain_draws_with_one_call_less():
+    """Both paths draw from the same iterator: the same z~(t), in the same operator calls (steps 0 .. T-2), and
+    only the step-by-step chain makes the last call p(T)(. | z~(T-1)) for its last denoising term."""
+    num_steps = 4
+    x = np.random.default_rng(22).uniform(size=(6, 9)).astype(np.float32)
+    args = (x, np.full(9, 0.5, np.float32), np.full(9, 0.1, np.float32), tf.constant([0.1, 0.3, 0.5, 0.7]), 1e-4,
+            _seed(23))
+    by_step, drawn = SpyOperator(num_steps), SpyOperator(num_steps)
+    chains.infusion_chain(by_step, *args)
+    z_tilde = chains.infusion_trajectory(drawn, *args).numpy()  # [T, B, 9]
+    assert [step for _, step in by_step.calls] == list(range(num_steps))
+    assert [step for _, step in drawn.calls] == list(range(num_steps - 1))
+    np.testing.assert_array_equal(z_tilde, np.stack([z for z, _ in by_step.calls]))
+
+
 def test_infusion_chain_alpha_zero_gives_q_equal_p():
     """With alpha = 0, q(t) is p(t): every log p - log q term of Eq. 3 but the last is zero."""
     op = _small_mlp(num_steps=3)
