@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from infusion_tf.files import write_json  # noqa: E402
 from infusion_tf.provenance import environment, portable_argv, portable_path  # noqa: E402
 
 __all__ = ["REPO", "RESULTS_DIR", "PEAK_SIZES", "matmul_peak", "measure_peaks", "operator_forward_flops",
@@ -154,9 +155,7 @@ def write_results(script_name: str, rows: list[dict], *, results_dir=None, setti
         "measurements": rows,
     }
     path = folder / f"{script_name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(document, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_json(str(path), document, end="\n", default=_json_default)
     return path
 
 

@@ -46,8 +46,7 @@ def build(precision: str, train_array, checkpoint: str | None) -> InfusionModel:
 
 def test_points(test_array, num_examples: int) -> np.ndarray:
     """The first test examples, dequantized with a fixed seed as eval/run.py does. float32 [n, 28, 28, 1]"""
-    dataset = data.make_eval_dataset(test_array[:num_examples], 1000, seed=0, dequantize=True)
-    return np.concatenate([np.asarray(batch) for batch in dataset], axis=0)
+    return data.eval_points(test_array[:num_examples], seed=0, dequantize=True)
 
 
 def _tracing_count(scorer) -> int | None:

@@ -27,8 +27,8 @@ import sys
 
 import numpy as np
 
-from infusion_tf import provenance
-from infusion_tf.cli import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error, quiet_tensorflow_logs
+from infusion_tf import files, provenance
+from infusion_tf.console import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error, quiet_tensorflow_logs
 from infusion_tf.config import check_seed
 
 __all__ = ["ExportSettings", "export_pretrained", "check_points", "lower_bound_check", "use_shipped_batch_norm",
@@ -77,16 +77,14 @@ def _check_output(settings: ExportSettings) -> None:
 def check_points(config, settings: ExportSettings) -> np.ndarray:
     """The first check_examples test examples as the model sees them, dequantized with `seed`. float32 [n, ...]
 
-    The test images are the run's own (training.load_run_data: where the checkpoint's data_source.json says,
+    The test images are the run's own (run_folder.load_run_data: where the checkpoint's data_source.json says,
     or settings.data_dir holding the same data).
     """
     from infusion_tf import data
-    from infusion_tf.training import load_run_data
+    from infusion_tf.run_folder import load_run_data
 
     test = load_run_data(config, settings.checkpoint, settings.data_dir)[0].test
-    dataset = data.make_eval_dataset(test[:settings.check_examples], 1000, seed=settings.seed,
-                                     dequantize=config.dequantize)
-    return np.concatenate([np.asarray(batch) for batch in dataset], axis=0)
+    return data.eval_points(test[:settings.check_examples], seed=settings.seed, dequantize=config.dequantize)
 
 
 def lower_bound_check(model, x: np.ndarray, settings: ExportSettings, batch_norm: str = "moving") -> dict:
@@ -103,15 +101,15 @@ def lower_bound_check(model, x: np.ndarray, settings: ExportSettings, batch_norm
 def use_shipped_batch_norm(model, folder: str, seed: int = 0, data_dir: str | None = None) -> str:
     """Sets the model's statistics to the recomputed ones shipped in `folder` (or recomputes them); returns the file.
 
-    The training images are the folder's own data (training.load_run_data), as eval/run.py finds them.
+    The training images are the folder's own data (run_folder.load_run_data), as eval/run.py finds them.
     """
     from infusion_tf.checkpoint import find_weights
     from infusion_tf.evaluate import batch_norm_cache_path, use_recomputed_batch_norm
-    from infusion_tf.training import load_run_data
+    from infusion_tf.run_folder import load_run_data, training_splits
 
     weights = find_weights(folder)
     splits, source = load_run_data(model.config, folder, data_dir)
-    use_recomputed_batch_norm(model, weights, splits.train[:model.config.train_examples], seed=seed,
+    use_recomputed_batch_norm(model, weights, training_splits(model.config, splits).train, seed=seed,
                               data_fingerprint=source["fingerprint"])
     return batch_norm_cache_path(weights)
 
@@ -338,14 +336,13 @@ def _write_folder(settings: ExportSettings, staging: str, model, weights_path: s
     from infusion_tf.checkpoint import load_checkpoint
     from infusion_tf.config import save_config
     from infusion_tf.evaluate import copy_batch_norm_cache
-    from infusion_tf.training import DATA_SOURCE_FILENAME, read_data_source
+    from infusion_tf.run_folder import DATA_SOURCE_FILENAME, read_data_source
 
     name = "last.weights.h5" if os.path.basename(weights_path) == "last.weights.h5" else "best.weights.h5"
     save_config(model.config, staging)
     recorded = read_data_source(settings.checkpoint)
     if recorded is not None:  # the folder of this machine means nothing elsewhere: a user passes --data-dir there
-        with open(os.path.join(staging, DATA_SOURCE_FILENAME), "w") as f:
-            json.dump({**recorded, "data_dir": None}, f, indent=2)
+        files.write_json(os.path.join(staging, DATA_SOURCE_FILENAME), {**recorded, "data_dir": None})
     model.save_weights(os.path.join(staging, name))  # an uncompiled model: no optimizer state
     shipped_statistics = copy_batch_norm_cache(weights_path, os.path.join(staging, name))
     if shipped_statistics:  # saves users the 1-2 minutes of recomputing them for every evaluation
@@ -377,11 +374,9 @@ def _write_folder(settings: ExportSettings, staging: str, model, weights_path: s
                "exported_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "check": check, **checks}
     history = _run_history(settings.checkpoint)
-    with open(os.path.join(staging, "README.md"), "w") as f:
-        f.write(_readme(settings, model.config, weights_path, results, summary, history, commit))
-    with open(os.path.join(staging, "export.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
+    files.write_text(os.path.join(staging, "README.md"),
+                     _readme(settings, model.config, weights_path, results, summary, history, commit))
+    files.write_json(os.path.join(staging, "export.json"), summary, end="\n")
     summary["size_bytes"] = _check_size(staging, settings)
     return summary
 

@@ -24,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-from infusion_tf.cli import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error, quiet_tensorflow_logs
+from infusion_tf.console import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error, quiet_tensorflow_logs
 from infusion_tf.config import check_seed
 
 __all__ = ["FigureSettings", "write_figures", "figures_parser", "main"]
@@ -62,7 +62,7 @@ def _load(settings: FigureSettings):
     """(model, training images uint8, test images uint8): the checkpoint's model with the chosen statistics."""
     from infusion_tf.checkpoint import find_weights, load_checkpoint
     from infusion_tf.evaluate import use_recomputed_batch_norm
-    from infusion_tf.training import load_run_data
+    from infusion_tf.run_folder import load_run_data, training_splits
 
     model = load_checkpoint(settings.checkpoint, settings.weights)
     config = model.config
@@ -71,7 +71,7 @@ def _load(settings: FigureSettings):
                          f"examples of shape {config.example_shape}")
     # The run's own data, where its data_source.json says (--data-dir when they moved); checks the shape.
     splits, source = load_run_data(config, settings.checkpoint, settings.data_dir)
-    train = splits.train[:config.train_examples]  # the run's training images
+    train = training_splits(config, splits).train  # the run's training images
     if settings.batch_norm == "recompute":  # as eval/run.py: the same statistics, read from its cache if there
         use_recomputed_batch_norm(model, find_weights(settings.checkpoint, settings.weights), train,
                                   seed=settings.seed, data_fingerprint=source["fingerprint"])
@@ -90,8 +90,7 @@ def _inpainting(model, test: np.ndarray, settings: FigureSettings, steps: int, p
     from infusion_tf import data, visualize
 
     n, m = min(settings.inpaint_digits, len(test)), settings.completions
-    dataset = data.make_eval_dataset(test[:n], n, seed=settings.seed, dequantize=model.config.dequantize)
-    x = np.asarray(next(iter(dataset)))  # [n, H, W, C], as the model sees test points
+    x = data.eval_points(test[:n], seed=settings.seed, dequantize=model.config.dequantize)  # [n, H, W, C]
     repeated = np.repeat(x, m, axis=0)  # [n * m, H, W, C]: m chains per digit
     final, chain = model.inpaint(repeated, top_half_mask(repeated), steps, seed=settings.seed + 2, return_chain=True)
     shape = x.shape[1:]

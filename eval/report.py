@@ -25,9 +25,9 @@ import shlex
 import sys
 import time
 
-from infusion_tf import evaluate, provenance
+from infusion_tf import evaluate, files, provenance
 from infusion_tf.checkpoint import find_weights
-from infusion_tf.cli import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error, quiet_tensorflow_logs
+from infusion_tf.console import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error, quiet_tensorflow_logs
 
 __all__ = ["PAPER_MNIST", "Row", "plan", "run_row", "write_report", "main"]
 
@@ -197,19 +197,11 @@ def write_report(checkpoint: str, rows: list[Row], results: list[dict], output_d
         lines.append(f"| {row.label} | {_value(result)} | {row.paper} | {result['settings']['repeats']} | "
                      f"{wall} | `{commit}` | `{' '.join(row.arguments)}` |")
     text = "\n".join(lines) + "\n"
-    _write_text(os.path.join(output_dir, "report.md"), text)
-    _write_text(os.path.join(output_dir, "report.json"), json.dumps(
-        {"checkpoint": shown, "rows": [{"name": r.name, "label": r.label, "arguments": r.arguments, "result": res}
-                                       for r, res in zip(rows, results)]}, indent=2))
+    files.write_text(os.path.join(output_dir, "report.md"), text)  # whole or absent, as report.json
+    files.write_json(os.path.join(output_dir, "report.json"),
+                     {"checkpoint": shown, "rows": [{"name": r.name, "label": r.label, "arguments": r.arguments,
+                                                     "result": res} for r, res in zip(rows, results)]})
     return text
-
-
-def _write_text(path: str, text: str) -> None:
-    """Writes under a temporary name and renames: a report is whole or absent."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def plot_k_ladder(rows: list[Row], results: list[dict], path: str) -> str | None:
@@ -244,9 +236,8 @@ def plot_k_ladder(rows: list[Row], results: list[dict], path: str) -> str | None
     ax.set_ylabel("log-likelihood estimate (nats)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=100)  # the extension tells matplotlib the format
+    files.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))  # matplotlib takes the format from .png
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
     return path
 
 

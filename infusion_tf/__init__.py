@@ -1,7 +1,7 @@
 """infusion_tf: infusion training (Bordes, Honari & Vincent, ICLR 2017) in Keras 3 / TensorFlow.
 
 `InfusionModel` is imported on first use (PEP 562), so that `import infusion_tf.cli` does not import
-TensorFlow: the commands first quiet TensorFlow's start-up log (`cli.quiet_tensorflow_logs`).
+TensorFlow: the commands first quiet TensorFlow's start-up log (`console.quiet_tensorflow_logs`).
 """
 
 from infusion_tf.config import PRESETS, InfusionConfig, preset

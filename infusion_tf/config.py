@@ -16,6 +16,7 @@ import os
 import typing
 from typing import Any
 
+from infusion_tf import files
 from infusion_tf.precision import PRECISIONS
 
 __all__ = ["InfusionConfig", "PRESETS", "preset", "save_config", "load_config", "CONFIG_FILENAME", "MAX_SEED",
@@ -198,13 +199,7 @@ def preset(dataset: str) -> InfusionConfig:
 
 def save_config(config: InfusionConfig, directory: str) -> str:
     """Writes `<directory>/config.json` atomically; returns its path."""
-    path = os.path.join(directory, CONFIG_FILENAME)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return files.write_json(os.path.join(directory, CONFIG_FILENAME), config.to_dict(), sort_keys=True, end="\n")
 
 
 def load_config(directory: str) -> InfusionConfig:

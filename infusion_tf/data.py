@@ -24,7 +24,7 @@ import tensorflow as tf
 __all__ = ["IMAGE_DATASETS", "TOY_DATASETS", "DataUnavailableError", "check_dataset_name", "Splits", "read_idx", "load_idx_splits", "load_tfds_splits",
            "toy_samples", "toy_to_raw", "mixture_of_gaussians_log_density", "banana_log_density",
            "load_splits", "splits_fingerprint", "data_source", "pixel_statistics", "to_unit_interval",
-           "make_train_dataset", "make_eval_dataset"]
+           "make_train_dataset", "make_eval_dataset", "eval_points", "read_idx_in"]
 
 IMAGE_DATASETS = ("mnist", "fashion_mnist")  # read from local IDX files
 TOY_DATASETS = ("mixture_of_gaussians", "banana")
@@ -138,15 +138,27 @@ def read_idx(path: str, expected_md5: str | None = None) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims).copy()
 
 
-def _read_idx_images(folder: Path, stem: str, md5s: dict[str, str]) -> np.ndarray:
-    """uint8 [n, rows, cols, 1] from folder/stem.gz, or from the uncompressed folder/stem."""
+def read_idx_in(folder: Path, stem: str, md5s: dict[str, str] | None = None, *, kind: str = "images") -> np.ndarray:
+    """The IDX file folder/stem.gz, or the uncompressed folder/stem, checked against md5s[file name] if listed.
+
+    kind "images": uint8 [n, rows, cols]; "labels": uint8 [n].
+    Raises: FileNotFoundError naming both names tried; ValueError when the file holds the other kind (and as
+    read_idx does).
+    """
+    what, ndim, magic, other = {"images": ("IDX file", 3, 2051, "labels"),
+                                "labels": ("IDX label file", 1, 2049, "images")}[kind]
     path = next((p for p in (folder / f"{stem}.gz", folder / stem) if p.is_file()), None)
     if path is None:
-        raise FileNotFoundError(f"IDX file not found: {folder / stem}.gz (or uncompressed {stem})")
-    images = read_idx(str(path), md5s.get(path.name))
-    if images.ndim != 3:
-        raise ValueError(f"{path}: expected IDX images (magic 2051), found labels of shape {images.shape}")
-    return images[..., None]
+        raise FileNotFoundError(f"{what} not found: {folder / stem}.gz (or uncompressed {stem})")
+    array = read_idx(str(path), (md5s or {}).get(path.name))
+    if array.ndim != ndim:
+        raise ValueError(f"{path}: expected IDX {kind} (magic {magic}), found {other} of shape {array.shape}")
+    return array
+
+
+def _read_idx_images(folder: Path, stem: str, md5s: dict[str, str]) -> np.ndarray:
+    """uint8 [n, rows, cols, 1] from folder/stem.gz, or from the uncompressed folder/stem."""
+    return read_idx_in(folder, stem, md5s, kind="images")[..., None]
 
 
 def _split_off_validation(name: str, train: np.ndarray, validation_examples: int, test: np.ndarray | None) -> Splits:
@@ -563,3 +575,13 @@ def make_eval_dataset(array: np.ndarray, batch_size: int, *, seed: int, dequanti
     dataset = tf.data.Dataset.range(math.ceil(len(array) / batch_size))
     dataset = dataset.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _without_autotune(dataset.prefetch(tf.data.AUTOTUNE))
+
+
+def eval_points(array: np.ndarray, *, seed: int, dequantize: bool) -> np.ndarray:
+    """The examples of `array` as the model sees them, in order: make_eval_dataset's batches of 1000, dequantized
+    with noise fixed by `seed`, in one array. What the estimators, figures and export checks evaluate.
+
+    Returns: float32 [n, *example_shape].
+    """
+    dataset = make_eval_dataset(array, 1000, seed=seed, dequantize=dequantize)
+    return np.concatenate([np.asarray(batch) for batch in dataset], axis=0)

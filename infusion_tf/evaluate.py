@@ -30,10 +30,11 @@ import time
 
 import numpy as np
 
-from infusion_tf import provenance
+from infusion_tf import files, provenance
 from infusion_tf.config import check_seed
+from infusion_tf.console import (BAD_INPUT, OneLineErrorParser, check_output_folder, field_help, print_error,
+                                 quiet_tensorflow_logs)
 from infusion_tf.precision import resolve_precision
-from infusion_tf.cli import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error, field_help, quiet_tensorflow_logs  # usage errors: one `error: ...` line, exit status 2
 
 __all__ = ["ESTIMATORS", "EvalSettings", "evaluate", "use_recomputed_batch_norm", "copy_batch_norm_cache",
            "batch_norm_cache_path", "eval_parser", "main"]
@@ -85,14 +86,6 @@ class EvalSettings:
     @property
     def chains(self) -> int:
         return self.k if self.k is not None else _DEFAULT_K.get(self.estimator, 1)
-
-
-def _points(array: np.ndarray, dequantize: bool, seed: int) -> np.ndarray:
-    """The first examples of a split as the model sees them, dequantized with a fixed seed. float32 [n, ...]"""
-    from infusion_tf import data
-
-    dataset = data.make_eval_dataset(array, 1000, seed=seed, dequantize=dequantize)
-    return np.concatenate([np.asarray(batch) for batch in dataset], axis=0)
 
 
 def _summary(values: list[float], unit: str = "_nats") -> dict:
@@ -301,10 +294,10 @@ def use_recomputed_batch_norm(model, weights_path: str, train: np.ndarray, *, se
     print(f"statistics moved by up to {change['max_abs_mean_change']:.3g} in mean and "
           f"{100 * change['max_rel_variance_change']:.3g}% in variance ({seconds:.0f} s)", flush=True)
     if cache:
-        tmp = path + ".tmp.npz"
         try:
-            np.savez(tmp, key=json.dumps(key), change=json.dumps(change), **estimators.batch_norm_statistics(model))
-            os.replace(tmp, path)
+            statistics = estimators.batch_norm_statistics(model)
+            files.atomic_write(path, lambda tmp: np.savez(tmp, key=json.dumps(key), change=json.dumps(change),
+                                                          **statistics))
         except OSError as e:
             print(f"warning: could not keep the batch-norm statistics in {path}: {e}", file=sys.stderr)
     return {**change, "seconds": seconds}
@@ -322,14 +315,15 @@ def copy_batch_norm_cache(source_weights: str, target_weights: str) -> str | Non
     key, change, stats = cached
     arrays = {"change": json.dumps(change), **stats}
     target = batch_norm_cache_path(target_weights)
-    np.savez(target, key=json.dumps({**key, "weights_sha256": provenance.file_sha256(target_weights)}), **arrays)
-    return target
+    target_key = json.dumps({**key, "weights_sha256": provenance.file_sha256(target_weights)})
+    return files.atomic_write(target, lambda tmp: np.savez(tmp, key=target_key, **arrays))
 
 
 def evaluate(settings: EvalSettings) -> dict:
     """Runs one estimator on a checkpoint; writes and returns the results (see the module docstring)."""
-    from infusion_tf import estimators, training
+    from infusion_tf import data, estimators
     from infusion_tf.checkpoint import find_weights, load_checkpoint
+    from infusion_tf.run_folder import load_run_data, training_splits
 
     started = time.time()
     output = settings.output or os.path.join(settings.checkpoint, f"results_{settings.estimator}.json")
@@ -340,8 +334,8 @@ def evaluate(settings: EvalSettings) -> dict:
     folder = os.path.dirname(os.path.abspath(output))
     config = model.config
     _check_inputs(config, settings, output)  # what would fail after minutes of work fails now
-    splits, source = training.load_run_data(config, settings.checkpoint, settings.data_dir)  # the run's own data
-    train = splits.train if config.train_examples is None else splits.train[:config.train_examples]
+    splits, source = load_run_data(config, settings.checkpoint, settings.data_dir)  # the run's own data
+    train = training_splits(config, splits).train
     os.makedirs(folder, exist_ok=True)  # once the inputs are known to be good, before the work
     batch_norm = {"mode": settings.batch_norm}
     if settings.batch_norm == "recompute":
@@ -350,8 +344,9 @@ def evaluate(settings: EvalSettings) -> dict:
                                                     data_fingerprint=source["fingerprint"]))
     dequantize = config.dequantize if settings.dequantize is None else settings.dequantize
     array = getattr(splits, settings.split)[:settings.num_examples]
-    x = _points(array, dequantize, settings.seed)
-    x_validation = _points(splits.validation[:settings.validation_examples], dequantize, settings.seed + 1)
+    x = data.eval_points(array, seed=settings.seed, dequantize=dequantize)
+    x_validation = data.eval_points(splits.validation[:settings.validation_examples], seed=settings.seed + 1,
+                                    dequantize=dequantize)
     if settings.estimator == "parzen":
         result = _parzen(model, x, x_validation, settings)
     elif settings.estimator == "sample_quality":
@@ -370,10 +365,7 @@ def evaluate(settings: EvalSettings) -> dict:
     result["weights_sha256"] = provenance.file_sha256(weights_path)
     result["wall_seconds"] = time.time() - started
     result["environment"] = provenance.environment()
-    tmp = output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, output)
+    files.write_json(output, result)
     result["output"] = output
     return result
 

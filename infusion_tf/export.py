@@ -25,7 +25,7 @@ import shutil
 import sys
 
 if __name__ == "__main__":  # run as `python -m infusion_tf.export`: hide TensorFlow's start-up log before importing it
-    from infusion_tf.cli import quiet_tensorflow_logs
+    from infusion_tf.console import quiet_tensorflow_logs
 
     quiet_tensorflow_logs()
 
@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from infusion_tf import chains
 from infusion_tf.checkpoint import find_weights, load_checkpoint
-from infusion_tf.cli import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error
+from infusion_tf.console import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error
 from infusion_tf.model import InfusionModel
 
 __all__ = ["export_saved_model", "export_from_checkpoint", "find_weights", "main", "DEFAULT_MAX_SAMPLES",

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 if __name__ == "__main__":  # run as `python -m infusion_tf.quality`: hide TensorFlow's start-up log before importing it
-    from infusion_tf.cli import quiet_tensorflow_logs
+    from infusion_tf.console import quiet_tensorflow_logs
 
     quiet_tensorflow_logs()
 
@@ -35,8 +35,8 @@ import scipy.linalg
 import tensorflow as tf
 from scipy.special import logsumexp
 
-from infusion_tf import data, provenance, visualize
-from infusion_tf.cli import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error
+from infusion_tf import data, files, provenance, visualize
+from infusion_tf.console import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error
 from infusion_tf.config import check_seed
 
 __all__ = ["PRETRAINED_DIR", "load_labels", "build_classifier", "train_classifier", "classifier_path",
@@ -56,16 +56,6 @@ DEFAULT_EPOCHS = {"mnist": 6, "fashion_mnist": 10}  # the committed classifiers;
 # ------------------------------------------------------------------------------------------ labels and data
 
 
-def _read_labels(folder: Path, stem: str, md5s: dict) -> np.ndarray:
-    path = next((p for p in (folder / f"{stem}.gz", folder / stem) if p.is_file()), None)
-    if path is None:
-        raise FileNotFoundError(f"IDX label file not found: {folder / stem}.gz (or uncompressed {stem})")
-    labels = data.read_idx(str(path), md5s.get(path.name))
-    if labels.ndim != 1:
-        raise ValueError(f"{path}: expected IDX labels (magic 2049), found images of shape {labels.shape}")
-    return labels
-
-
 def load_labels(dataset: str, data_dir: str | None = None,
                 validation_examples: int = 10_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class labels aligned with `data.load_splits(dataset, data_dir, validation_examples)`.
@@ -81,8 +71,8 @@ def load_labels(dataset: str, data_dir: str | None = None,
         raise ValueError(f"{dataset!r} is not bundled with infusion_tf; pass data_dir=<folder of its four IDX files> "
                          f"(--data-dir on the command line)")
     folder, md5s = (data._BUNDLED_DIR / dataset, _LABEL_MD5[dataset]) if data_dir is None else (Path(data_dir), {})
-    train = _read_labels(folder, "train-labels-idx1-ubyte", md5s)
-    test = _read_labels(folder, "t10k-labels-idx1-ubyte", md5s)
+    train = data.read_idx_in(folder, "train-labels-idx1-ubyte", md5s, kind="labels")
+    test = data.read_idx_in(folder, "t10k-labels-idx1-ubyte", md5s, kind="labels")
     if not 1 <= validation_examples < len(train):
         raise ValueError(f"validation_examples={validation_examples} must be in [1, {len(train)})")
     cut = len(train) - validation_examples
@@ -141,12 +131,8 @@ def build_classifier(example_shape=(28, 28, 1), num_classes: int = 10) -> keras.
 
 def _save_atomically(model: keras.Model, results: dict, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    tmp_model = output_dir / "classifier.tmp.keras"
-    model.save(tmp_model)
-    os.replace(tmp_model, output_dir / "classifier.keras")
-    tmp_json = output_dir / "results.json.tmp"
-    tmp_json.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp_json, output_dir / "results.json")
+    files.atomic_write(str(output_dir / "classifier.keras"), model.save)
+    files.write_json(str(output_dir / "results.json"), results, end="\n")
 
 
 def train_classifier(dataset: str = "mnist", data_dir: str | None = None, epochs: int | None = None,

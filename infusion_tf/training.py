@@ -1,217 +1,35 @@
-"""A training run: its output folder, checkpoints, logs, pictures, resumption and final SavedModel.
+"""The training loop: build or resume the model, fit it with the callbacks that log, draw, commit, stop early and
+stop on signals, then export the best weights as a SavedModel.
 
-    <output>/config.json                    the frozen InfusionConfig, enough to rebuild the model
-    <output>/data_source.json               where the data came from and their fingerprint (data.data_source)
-    <output>/checkpoints/last.keras         weights + optimizer + random state + Progress, the commit of each epoch
-    <output>/checkpoints/last.weights.h5    weights only, same epoch
-    <output>/checkpoints/best.weights.h5    weights of the epoch with the best validation lower bound
-    <output>/checkpoints/state.json         a readable copy of the Progress in last.keras
-    <output>/log.csv, <output>/tensorboard/ loss, lower bound and validation lower bound per epoch
-    <output>/samples/                       PNG grids of samples and of sampling chains every few epochs
-    <output>/saved_model/                   SavedModel of the best weights, written at the end
-
-Every file is written to a temporary name and renamed, so each one is always whole. After the epoch's log
-row and pictures, last.keras is replaced: that rename commits the epoch, and a run killed at any moment
-resumes from the newest committed epoch. Its epoch is the optimizer's step count divided by the steps per
-epoch, both stored in last.keras, so it cannot disagree with the weights it resumes; the best validation
-bound travels in the same file. On --resume the files written after a commit are brought level with it
-and the log rows of an unfinished epoch are dropped (_repair_run_folder). SIGINT and SIGTERM stop training
-at the next batch, or after the epoch's commit when they arrive during validation or the epoch's writes;
-the unfinished part of an epoch is lost, its committed epochs are not.
+What the run folder holds, how each epoch is committed and how a killed run is repaired on --resume:
+`run_folder`. The order of the callbacks matters: the epoch is logged and drawn, then committed
+(CheckpointCallback, run_folder.commit_epoch), then early stopping and signals act. SIGINT and SIGTERM stop
+training at the next batch, or after the epoch's commit when they arrive during validation or the epoch's
+writes; the unfinished part of an epoch is lost, its committed epochs are not.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
-import json
 import math
 import os
-import shutil
 import signal
 import threading
 import time
-import zipfile
 
 import keras
 import numpy as np
 
 from infusion_tf import data as data_lib
 from infusion_tf import visualize
-from infusion_tf.config import CONFIG_FILENAME, InfusionConfig, load_config, save_config
+from infusion_tf.config import InfusionConfig
 from infusion_tf.model import InfusionModel
+from infusion_tf.run_folder import (Progress, RunPaths, check_output_dir, commit_epoch, create_output_dir,
+                                    load_run_data, repair_run_folder, resume_model, training_splits,
+                                    update_output_dir)
 
-__all__ = ["RunPaths", "Progress", "RESUMABLE_FIELDS", "TrainingInterrupted", "check_output_dir", "resume_config",
-           "create_output_dir", "DATA_SOURCE_FILENAME", "read_data_source", "load_run_data", "load_training_data",
-           "build_model", "CheckpointCallback", "NonFiniteLossGuard",
-           "SamplesCallback", "PatienceStopping", "StopOnSignal", "EpochTimer", "describe_run", "read_progress", "train"]
-
-RESUMABLE_FIELDS = ("epochs", "patience")  # what --resume may change; every other setting is the run's own
-_PROGRESS_ENTRY = "infusion_progress.json"  # the Progress, stored inside last.keras beside the weights
-DATA_SOURCE_FILENAME = "data_source.json"  # data.data_source of the run's data, written when the folder is created
-
-
-@dataclasses.dataclass(frozen=True)
-class RunPaths:
-    """Where a run in folder `root` writes each of its files."""
-
-    root: str
-
-    def _join(self, *parts: str) -> str:
-        return os.path.join(self.root, *parts)
-
-    config = property(lambda self: self._join(CONFIG_FILENAME))
-    data_source = property(lambda self: self._join(DATA_SOURCE_FILENAME))
-    checkpoints = property(lambda self: self._join("checkpoints"))
-    last = property(lambda self: self._join("checkpoints", "last.keras"))
-    last_weights = property(lambda self: self._join("checkpoints", "last.weights.h5"))
-    best_weights = property(lambda self: self._join("checkpoints", "best.weights.h5"))
-    state = property(lambda self: self._join("checkpoints", "state.json"))
-    log = property(lambda self: self._join("log.csv"))
-    tensorboard = property(lambda self: self._join("tensorboard"))
-    samples = property(lambda self: self._join("samples"))
-    saved_model = property(lambda self: self._join("saved_model"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """Where a run stands after its last committed epoch; saved inside last.keras with the weights."""
-
-    epoch: int = 0  # complete epochs
-    best_val_lower_bound: float = -math.inf  # best validation lower bound so far, nats per example
-    best_epoch: int = -1  # the (1-based) epoch that reached it; -1: none yet
-
-    @property
-    def epochs_without_improvement(self) -> int:
-        return self.epoch - max(self.best_epoch, 0)
-
-
-def _differences(saved: InfusionConfig, config: InfusionConfig) -> list[str]:
-    """Fields outside RESUMABLE_FIELDS in which `config` differs from `saved`."""
-    new = config.to_dict()
-    return sorted(k for k, v in saved.to_dict().items() if k not in RESUMABLE_FIELDS and new[k] != v)
-
-
-def _check_resumable(output_dir: str, saved: InfusionConfig, config: InfusionConfig) -> None:
-    changed = _differences(saved, config)
-    if changed:
-        raise ValueError(f"--resume continues {output_dir!r} with its saved config.json; only "
-                         f"{', '.join('--' + f for f in RESUMABLE_FIELDS)} may change, but these differ: {changed}")
-
-
-def resume_config(output_dir: str, changes: dict | None = None) -> InfusionConfig:
-    """The saved config of the run in `output_dir` with `changes` ({field: value}) applied.
-
-    Raises: FileNotFoundError for a missing folder or config.json; ValueError naming every changed field
-    outside RESUMABLE_FIELDS, or a changed value out of range.
-    """
-    if not os.path.isdir(output_dir):
-        raise FileNotFoundError(f"--resume: run folder {output_dir!r} does not exist")
-    saved = load_config(output_dir)
-    config = dataclasses.replace(saved, **(changes or {}))
-    _check_resumable(output_dir, saved, config)
-    return config
-
-
-def check_output_dir(output_dir: str, config: InfusionConfig, *, resume: bool, overwrite: bool) -> None:
-    """Refuses a path that is not a folder, a folder that holds another run (unless `overwrite`) and, with
-    `resume`, a config that is not the run's own (only RESUMABLE_FIELDS may change). Writes nothing."""
-    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"output folder {output_dir!r} exists and is not a folder")
-    if resume:
-        if not os.path.isdir(output_dir):
-            raise FileNotFoundError(f"--resume: run folder {output_dir!r} does not exist")
-        _check_resumable(output_dir, load_config(output_dir), config)
-    elif os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise ValueError(f"output folder {output_dir!r} already holds files; pass --resume to continue "
-                         f"that run or --overwrite to replace it")
-
-
-def create_output_dir(output_dir: str, config: InfusionConfig, *, overwrite: bool,
-                      data_source: dict | None = None) -> None:
-    """Creates a new run folder (deleting an old one if `overwrite`) and writes config.json into it, then
-    data_source.json when `data_source` (data.data_source of the run's data) is given.
-
-    config.json comes first: a run killed here leaves an empty folder (a new run may start in it) or one
-    that --resume continues (and that writes the missing data_source.json).
-    """
-    if overwrite and os.path.isdir(output_dir):
-        shutil.rmtree(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    save_config(config, output_dir)
-    if data_source is not None:
-        _write_json(RunPaths(output_dir).data_source, data_source)
-    os.makedirs(RunPaths(output_dir).checkpoints, exist_ok=True)
-
-
-def read_data_source(run_dir: str) -> dict | None:
-    """The data source recorded in a run folder (data.data_source); None for a folder without a record (a run
-    written before the record existed, or a pretrained/ folder shipped without one)."""
-    path = RunPaths(run_dir).data_source
-    if not os.path.isfile(path):
-        return None
-    try:
-        source = _read_json(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not readable JSON ({e}); delete it to use --data-dir as given") from None
-    if not isinstance(source, dict) or not isinstance(source.get("fingerprint"), str):
-        raise ValueError(f"{path} holds no data fingerprint; delete it to use --data-dir as given")
-    return source
-
-
-def load_run_data(config: InfusionConfig, run_dir: str | None = None,
-                  data_dir: str | None = None) -> tuple[data_lib.Splits, dict]:
-    """The full splits of the run's dataset and their data.data_source; checks the example shape.
-
-    data_dir None: the folder recorded in run_dir's data_source.json; without a record (or without run_dir),
-    the package's MNIST files, TFDS's default folder or the toy generator, as before records existed. A given
-    data_dir must hold the recorded data: the same content in another folder (the data moved) is accepted.
-    Raises: ValueError when the data differ from the recorded ones (their fingerprints differ);
-      FileNotFoundError that names the recorded folder when it is gone.
-    """
-    recorded = read_data_source(run_dir) if run_dir is not None else None
-    folder = data_dir if data_dir is not None else (recorded or {}).get("data_dir")
-    try:
-        splits = data_lib.load_splits(config.dataset, data_dir=folder, seed=config.seed)
-    except FileNotFoundError as e:
-        if data_dir is None and folder is not None:  # the run's own folder has gone
-            raise FileNotFoundError(f"{e}; the run in {run_dir!r} recorded its data there ({DATA_SOURCE_FILENAME}): "
-                                    f"pass --data-dir with the same files") from None
-        raise
-    if tuple(splits.example_shape) != tuple(config.example_shape):
-        raise ValueError(f"dataset {config.dataset!r} has examples of shape {splits.example_shape}, but the "
-                         f"config says example_shape={config.example_shape}")
-    source = data_lib.data_source(config.dataset, folder, splits)
-    if recorded is not None and recorded["fingerprint"] != source["fingerprint"]:
-        trained = recorded.get("data_dir") or f"the {recorded.get('kind', '?')} {recorded.get('dataset', '')} data"
-        if data_dir is not None:
-            given = f"--data-dir {data_dir}"
-            hint = "leave --data-dir out to use the run's own data, or pass a folder that holds the same files"
-        else:  # the files where the run found them have changed
-            given = folder or f"the {source['kind']} data"
-            hint = "they changed since; pass --data-dir with the run's own files"
-        raise ValueError(f"the data in {given} are not the data the run in {run_dir!r} trained on ({trained}, "
-                         f"fingerprint {recorded['fingerprint'][:12]}, here {source['fingerprint'][:12]}; see its "
-                         f"{DATA_SOURCE_FILENAME}): {hint}")
-    return splits, source
-
-
-def _cut_to_config(config: InfusionConfig, splits: data_lib.Splits) -> data_lib.Splits:
-    """splits with train and validation cut to config.train_examples / validation_examples."""
-    train = splits.train if config.train_examples is None else splits.train[:config.train_examples]
-    validation = (splits.validation if config.validation_examples is None
-                  else splits.validation[:config.validation_examples])
-    return dataclasses.replace(splits, train=train, validation=validation)
-
-
-def load_training_data(config: InfusionConfig, data_dir: str | None = None,
-                       run_dir: str | None = None) -> data_lib.Splits:
-    """The dataset's splits, cut to config.train_examples / validation_examples; checks the example shape.
-
-    With run_dir, the run's own data (load_run_data): the recorded folder unless data_dir is given.
-    """
-    return _cut_to_config(config, load_run_data(config, run_dir, data_dir)[0])
+__all__ = ["TrainingInterrupted", "build_model", "CheckpointCallback", "NonFiniteLossGuard", "SamplesCallback",
+           "PatienceStopping", "StopOnSignal", "EpochTimer", "describe_run", "train"]
 
 
 def build_model(config: InfusionConfig, train_array: np.ndarray | None = None) -> InfusionModel:
@@ -223,21 +41,6 @@ def build_model(config: InfusionConfig, train_array: np.ndarray | None = None) -
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     model.optimizer.build(model.trainable_variables)  # its slots exist before the first step is traced
     return model
-
-
-def _atomic(save, path: str) -> None:
-    """Saves through a temporary file in the same folder, then renames: the old file stays whole until then."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, ".tmp-" + name)
-    save(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: str, values: dict) -> None:
-    def save(tmp):
-        with open(tmp, "w") as f:
-            json.dump(values, f, indent=2)
-    _atomic(save, path)
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):
@@ -271,21 +74,6 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def save_checkpoint(model: InfusionModel, path: str, progress: Progress) -> None:
-    """model.save(path) with `progress` added to the same .keras file (an entry Keras does not read)."""
-    model.save(path)
-    with zipfile.ZipFile(path, "a") as archive:
-        archive.writestr(_PROGRESS_ENTRY, json.dumps(dataclasses.asdict(progress)))
-
-
-def read_progress(path: str) -> Progress | None:
-    """The Progress saved in a .keras checkpoint; None for one written without it (an older run)."""
-    with zipfile.ZipFile(path) as archive:
-        if _PROGRESS_ENTRY not in archive.namelist():
-            return None
-        return Progress(**json.loads(archive.read(_PROGRESS_ENTRY)))
-
-
 class CheckpointCallback(keras.callbacks.Callback):
     """Each epoch: last.keras (the commit), then last.weights.h5, best.weights.h5 when the validation bound
     improves, and state.json. Goes after the callbacks that log the epoch (see the module docstring)."""
@@ -302,15 +90,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         improved = math.isfinite(bound) and bound > self.progress.best_val_lower_bound
         self.progress = Progress(epoch + 1, *((bound, epoch + 1) if improved else
                                               (self.progress.best_val_lower_bound, self.progress.best_epoch)))
-        _atomic(lambda tmp: save_checkpoint(self.model, tmp, self.progress), self.paths.last)
-        _atomic(self.model.save_weights, self.paths.last_weights)
-        if improved:
-            _atomic(self.model.save_weights, self.paths.best_weights)
-        _write_state(self.paths, self.progress)
-
-
-def _write_state(paths: RunPaths, progress: Progress) -> None:
-    _write_json(paths.state, {**dataclasses.asdict(progress), "time": time.time()})
+        commit_epoch(self.paths, self.model, self.progress, improved)
 
 
 class PatienceStopping(keras.callbacks.Callback):
@@ -447,92 +227,13 @@ class SamplesCallback(keras.callbacks.Callback):
         due = done == 1 or done % self.config.sample_every == 0 or done == self.config.epochs
         if not due or (self.guard and self.guard.tripped):
             return
-        write_samples(self.model, self.paths.samples, tag=f"epoch{done:04d}", reference=self.reference,
-                      num_samples=self.num_samples, num_chains=self.num_chains)
-
-
-def write_samples(model: InfusionModel, folder: str, tag: str, reference=None, num_samples=100, num_chains=10,
-                  seed: int = 1234) -> list[str]:
-    """Writes samples_<tag>.png and chains_<tag>.png (a scatter plot for 2-D data) and copies of the latest."""
-    os.makedirs(folder, exist_ok=True)
-    steps = model.config.sampling_steps
-    samples = np.asarray(model.sample(num_samples, steps, seed=seed))
-    written = []
-    if len(model.config.example_shape) == 1:
-        written.append(visualize.save_scatter(os.path.join(folder, f"samples_{tag}.png"), samples,
-                                              reference, title=f"samples, {steps} steps ({tag})"))
-    else:
-        _, chain = model.sample(num_chains, steps, seed=seed + 1, return_chain=True)
-        written.append(visualize.save_sample_grid(os.path.join(folder, f"samples_{tag}.png"), samples))
-        written.append(visualize.save_chain_grid(os.path.join(folder, f"chains_{tag}.png"), np.asarray(chain)))
-    for path in written:
-        shutil.copyfile(path, os.path.join(folder, os.path.basename(path).replace(f"_{tag}", "")))
-    return written
-
-
-def _resume_model(paths: RunPaths, config: InfusionConfig, steps_per_epoch: int):
-    """(model, Progress) from last.keras, or None when the run has no checkpoint yet.
-
-    Raises: ValueError for a file Keras cannot load, a model of another config than config.json, or a step
-    count that is not a whole number of epochs.
-    """
-    if not os.path.isfile(paths.last):
-        return None
-    try:
-        model = keras.models.load_model(paths.last)
-        progress = read_progress(paths.last)
-    except Exception as e:  # Keras raises many types for a damaged or foreign file
-        detail = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise ValueError(f"cannot resume from {paths.last}: {detail}") from None
-    if not isinstance(model, InfusionModel) or _differences(model.config, config):
-        changed = _differences(model.config, config) if isinstance(model, InfusionModel) else type(model).__name__
-        raise ValueError(f"{paths.last} holds a model of another architecture than {paths.config}: {changed}")
-    epoch, partial = divmod(int(model.optimizer.iterations.numpy()), steps_per_epoch)
-    if partial:
-        raise ValueError(f"{paths.last} stopped {partial} steps into an epoch of {steps_per_epoch} steps; it does "
-                         f"not belong to this run's data (train_examples, batch_size)")
-    if progress is None:  # a checkpoint of an older version: its state.json kept the best epoch
-        state = _read_json(paths.state) if os.path.isfile(paths.state) else {}
-        progress = Progress(epoch, float(state.get("best_val_lower_bound", -math.inf)), int(state.get("best_epoch", -1)))
-    if progress.epoch != epoch:
-        raise ValueError(f"{paths.last} is inconsistent: {progress.epoch} epochs recorded, {epoch} trained")
-    return model, progress
-
-
-def _repair_run_folder(paths: RunPaths, model: InfusionModel, progress: Progress) -> None:
-    """Brings the files written after last.keras level with it, after a run was killed between them.
-
-    Drops temporary files and the log rows of unfinished epochs; rewrites last.weights.h5, state.json, and
-    best.weights.h5 when the committed epoch is the best one (the kill may have come before it was written).
-    """
-    for name in os.listdir(paths.checkpoints):
-        if name.startswith(".tmp-"):
-            os.remove(os.path.join(paths.checkpoints, name))
-    _atomic(model.save_weights, paths.last_weights)
-    if progress.best_epoch == progress.epoch:
-        _atomic(model.save_weights, paths.best_weights)
-    _write_state(paths, progress)
-    if os.path.isfile(paths.log):
-        with open(paths.log, newline="") as f:
-            rows = list(csv.reader(f))
-        kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) < progress.epoch]  # column 0: epoch
-        if kept != rows:
-            _atomic(lambda tmp: _write_rows(tmp, kept), paths.log)
-
-
-def _write_rows(path: str, rows: list[list[str]]) -> None:
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-
-
-def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+        visualize.write_samples(self.model, self.paths.samples, tag=f"epoch{done:04d}", reference=self.reference,
+                                num_samples=self.num_samples, num_chains=self.num_chains)
 
 
 def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = None, resume: bool = False,
           overwrite: bool = False, verbose: int | str = 1, callbacks=(), export: bool = True) -> keras.callbacks.History:
-    """Trains a model as `config` says, writing everything listed in this module's docstring into `output_dir`.
+    """Trains a model as `config` says, writing the run folder that run_folder's docstring lists into `output_dir`.
 
     Stops after config.epochs, or earlier when the validation bound has not improved for config.patience
     epochs. Raises: ValueError / FileNotFoundError for bad settings, data or checkpoints, before anything is
@@ -542,23 +243,20 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
     check_output_dir(output_dir, config, resume=resume, overwrite=overwrite)
     # Bad data, or on --resume data other than the run's own, fail here, before anything is written.
     full_splits, source = load_run_data(config, output_dir if resume else None, data_dir)
-    splits = _cut_to_config(config, full_splits)
+    splits = training_splits(config, full_splits)
     paths = RunPaths(output_dir)
     # make_train_dataset drops the last partial batch; it also rejects a set smaller than one batch.
     steps_per_epoch = max(1, len(splits.train) // config.batch_size)
-    resumed = _resume_model(paths, config, steps_per_epoch) if resume else None
-    if not resume:
-        create_output_dir(output_dir, config, overwrite=overwrite, data_source=source)
+    resumed = resume_model(paths, config, steps_per_epoch) if resume else None
+    if resume:
+        update_output_dir(output_dir, config, source)  # a resumed run may change RESUMABLE_FIELDS
     else:
-        save_config(config, output_dir)  # a resumed run may change RESUMABLE_FIELDS
-        if read_data_source(output_dir) != source:  # an older run without a record, or its data have moved
-            _write_json(paths.data_source, source)
-        os.makedirs(paths.checkpoints, exist_ok=True)
+        create_output_dir(output_dir, config, overwrite=overwrite, data_source=source)
     if resumed is None:
         model, progress = build_model(config, splits.train), Progress()
     else:
         model, progress = resumed
-        _repair_run_folder(paths, model, progress)
+        repair_run_folder(paths, model, progress)
     finished = progress.epoch >= config.epochs or (
         config.patience is not None and progress.epochs_without_improvement >= config.patience)
     if finished:

@@ -1,16 +1,20 @@
 """Pictures: grids of samples (Figure 4 of the paper), sampling chains (Figure 1), training curves (Figure 3),
-inpainting (Figure 5)."""
+inpainting (Figure 5), and the samples a training run draws every few epochs (write_samples). Each file is
+written atomically (files.atomic_write)."""
 
 from __future__ import annotations
 
 import csv
 import os
+import shutil
 
 import numpy as np
 import tensorflow as tf
 
+from infusion_tf import files
+
 __all__ = ["image_grid", "save_png", "save_sample_grid", "save_chain_grid", "save_inpainting_grid", "save_scatter",
-           "plot_curves"]
+           "plot_curves", "write_samples"]
 
 
 def image_grid(images: np.ndarray, rows: int, cols: int, padding: int = 1) -> np.ndarray:
@@ -28,10 +32,7 @@ def image_grid(images: np.ndarray, rows: int, cols: int, padding: int = 1) -> np
 def save_png(path: str, image: np.ndarray, scale: int = 2) -> str:
     """Writes a uint8 [H, W, C] image as PNG (nearest-neighbour upscaled by `scale`), atomically."""
     image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
-    tmp = path + ".tmp"
-    tf.io.write_file(tmp, tf.io.encode_png(image))
-    os.replace(tmp, path)
-    return path
+    return files.atomic_write(path, lambda tmp: tf.io.write_file(tmp, tf.io.encode_png(image)))
 
 
 def save_sample_grid(path: str, samples: np.ndarray, cols: int = 10) -> str:
@@ -86,7 +87,7 @@ def save_scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = 
     ax.set_title(title)
     ax.legend(loc="upper right", markerscale=4)
     fig.tight_layout()
-    fig.savefig(path)
+    files.atomic_write(path, fig.savefig)  # the temporary name ends in .png: matplotlib takes the format from it
     plt.close(fig)
     return path
 
@@ -129,8 +130,29 @@ def plot_curves(csv_path: str, png_path: str, keys=("lower_bound", "val_lower_bo
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = png_path + ".tmp.png"  # the extension tells matplotlib the format
-    fig.savefig(tmp)
+    files.atomic_write(png_path, fig.savefig)  # the temporary name ends in .png: matplotlib takes the format from it
     plt.close(fig)
-    os.replace(tmp, png_path)
     return png_path
+
+
+def write_samples(model, folder: str, tag: str, reference=None, num_samples=100, num_chains=10,
+                  seed: int = 1234) -> list[str]:
+    """Writes samples_<tag>.png and chains_<tag>.png (a scatter plot for 2-D data) and copies of the latest.
+
+    model: an InfusionModel (its sample and config.sampling_steps); reference: data [M, 2] under a scatter plot.
+    """
+    os.makedirs(folder, exist_ok=True)
+    steps = model.config.sampling_steps
+    samples = np.asarray(model.sample(num_samples, steps, seed=seed))
+    written = []
+    if len(model.config.example_shape) == 1:
+        written.append(save_scatter(os.path.join(folder, f"samples_{tag}.png"), samples,
+                                    reference, title=f"samples, {steps} steps ({tag})"))
+    else:
+        _, chain = model.sample(num_chains, steps, seed=seed + 1, return_chain=True)
+        written.append(save_sample_grid(os.path.join(folder, f"samples_{tag}.png"), samples))
+        written.append(save_chain_grid(os.path.join(folder, f"chains_{tag}.png"), np.asarray(chain)))
+    for path in written:
+        latest = os.path.join(folder, os.path.basename(path).replace(f"_{tag}", ""))
+        files.atomic_write(latest, lambda tmp, path=path: shutil.copyfile(path, tmp))
+    return written

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 
-from infusion_tf import cli, precision
+from infusion_tf import console, precision
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--width", "16", "--depth", "1", "--num-steps", "2", "--sampling-steps", "2", "--batch-size", "50",
@@ -25,8 +25,8 @@ def test_start_up_noise_is_recognised_and_nothing_else():
              "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow"]
     kept = ["E0000 00:00:1.0 1 op_kernel.cc:1] OP_REQUIRES failed: out of memory",
             "/x/keras/src/ops.py:1: UserWarning: something a user should read", "Traceback (most recent call last):"]
-    assert all(cli._START_UP_NOISE.match(line) for line in noise)
-    assert not any(cli._START_UP_NOISE.match(line) for line in kept)
+    assert all(console._START_UP_NOISE.match(line) for line in noise)
+    assert not any(console._START_UP_NOISE.match(line) for line in kept)
 
 
 def test_training_shows_a_header_the_projected_time_and_the_first_pictures(tmp_path):

@@ -430,6 +430,30 @@ def test_eval_dataset_in_order_with_partial_batch():
         data.make_eval_dataset(ids, 0, seed=0, dequantize=False)
 
 
+def test_eval_points_are_the_eval_dataset_in_one_array():
+    """What estimators, figures and export checks evaluate: make_eval_dataset's batches of 1000, concatenated; the
+    first rows do not depend on how many follow (the noise of batch b is seeded by (seed, b))."""
+    pixels = np.random.default_rng(0).integers(0, 256, (2100, 3, 3, 1), dtype=np.uint8)
+    points = data.eval_points(pixels, seed=5, dequantize=True)
+    batches = [b.numpy() for b in data.make_eval_dataset(pixels, 1000, seed=5, dequantize=True)]
+    assert points.dtype == np.float32 and points.shape == (2100, 3, 3, 1)
+    np.testing.assert_array_equal(points, np.concatenate(batches))
+    np.testing.assert_array_equal(data.eval_points(pixels[:10], seed=5, dequantize=True), points[:10])
+    np.testing.assert_array_equal(np.floor(points * 256), pixels)  # each value inside its own bin
+    np.testing.assert_allclose(data.eval_points(pixels, seed=5, dequantize=False), pixels / 255, rtol=1e-6)
+
+
+def test_read_idx_in_finds_gzip_or_raw_and_checks_the_kind(tmp_path):
+    labels = MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(gzip.decompress(labels.read_bytes()))  # uncompressed
+    read = data.read_idx_in(tmp_path, "t10k-labels-idx1-ubyte", kind="labels")
+    np.testing.assert_array_equal(read, data.read_idx(str(labels)))
+    with pytest.raises(ValueError, match="expected IDX images .magic 2051., found labels"):
+        data.read_idx_in(tmp_path, "t10k-labels-idx1-ubyte", kind="images")
+    with pytest.raises(FileNotFoundError, match="IDX label file not found: .*no-such.gz .or uncompressed no-such"):
+        data.read_idx_in(tmp_path, "no-such", kind="labels")
+
+
 def test_pipelines_run_without_the_autotuning_thread():
     """Deleting an iterator waits for tf.data's autotuning thread, whose period backs off to 60 s: with it, a
     training run stopped by SIGTERM seemed to hang (docs/reliability.md)."""

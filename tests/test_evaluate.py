@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from infusion_tf import evaluate, training
+from infusion_tf import evaluate, run_folder, training
 from infusion_tf.config import InfusionConfig, save_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,6 +265,6 @@ def test_resume_of_a_run_without_a_record_writes_one(idx_run, tmp_path):
     folder = str(tmp_path / "run")
     shutil.copytree(run, folder)
     os.remove(os.path.join(folder, "data_source.json"))
-    config = training.resume_config(folder, {"epochs": 2})
+    config = run_folder.resume_config(folder, {"epochs": 2})
     training.train(config, folder, data_dir=str(data_dir), resume=True, verbose=0, export=False)
-    assert training.read_data_source(folder) == training.read_data_source(run)
+    assert run_folder.read_data_source(folder) == run_folder.read_data_source(run)

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from infusion_tf import InfusionConfig, InfusionModel, chains, cli, data, evaluate, export, training
+from infusion_tf import InfusionConfig, InfusionModel, chains, cli, data, evaluate, export, run_folder, training
 from infusion_tf import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def committed_epoch(run: pathlib.Path, epochs: int = EPOCHS) -> int:
     assert model.config == InfusionConfig(**SMALL, epochs=epochs)
     epoch, partial = divmod(int(model.optimizer.iterations.numpy()), STEPS_PER_EPOCH)
     assert partial == 0 and epoch >= 1
-    assert training.read_progress(str(last)).epoch == epoch
+    assert run_folder.read_progress(str(last)).epoch == epoch
     return epoch
 
 
@@ -438,7 +438,7 @@ def foreign_model(width: int = 32) -> InfusionModel:
 
 def test_resume_from_a_checkpoint_of_another_architecture_is_refused(reference, tmp_path):
     run = copy_run(reference["run"], tmp_path / "run")
-    training.save_checkpoint(foreign_model(), str(run / "checkpoints" / "last.keras"), training.Progress(EPOCHS))
+    run_folder.save_checkpoint(foreign_model(), str(run / "checkpoints" / "last.keras"), run_folder.Progress(EPOCHS))
     before = snapshot(run)
     status, stderr = call_train_main(["--resume", "--epochs", EPOCHS + 1, "--output-dir", run])
     assert_one_error_line(status, stderr, "last.keras", "another architecture", "width")
@@ -613,7 +613,7 @@ def test_early_stopping_stops_after_patience_epochs_and_keeps_the_best_weights(t
     training.train(config, str(run), verbose=0, export=False, callbacks=[scripted])
     stopped, best = expected_stop(BOUNDS, 2, len(BOUNDS))
     assert (stopped, best) == (4, 2)
-    progress = training.read_progress(str(run / "checkpoints" / "last.keras"))
+    progress = run_folder.read_progress(str(run / "checkpoints" / "last.keras"))
     assert (progress.epoch, progress.best_epoch, progress.best_val_lower_bound) == (stopped, best, BOUNDS[best - 1])
     assert sorted(scripted.weights) == list(range(1, stopped + 1))  # no epoch after the stop
     model = InfusionModel(config)
@@ -628,10 +628,10 @@ def test_early_stopping_counts_across_resume(tmp_path):
     run = tmp_path / "run"
     config = InfusionConfig(**SMALL, epochs=3, patience=2)
     training.train(config, str(run), verbose=0, export=False, callbacks=[ScriptedBound(BOUNDS)])
-    assert training.read_progress(str(run / "checkpoints" / "last.keras")).epoch == 3
-    more = training.resume_config(str(run), {"epochs": len(BOUNDS)})  # --resume may change epochs and patience
+    assert run_folder.read_progress(str(run / "checkpoints" / "last.keras")).epoch == 3
+    more = run_folder.resume_config(str(run), {"epochs": len(BOUNDS)})  # --resume may change epochs and patience
     training.train(more, str(run), resume=True, verbose=0, export=False, callbacks=[ScriptedBound(BOUNDS)])
-    progress = training.read_progress(str(run / "checkpoints" / "last.keras"))
+    progress = run_folder.read_progress(str(run / "checkpoints" / "last.keras"))
     assert (progress.epoch, progress.best_epoch) == expected_stop(BOUNDS, 2, len(BOUNDS)) == (4, 2)
     before = snapshot(run / "checkpoints")
     again = ScriptedBound(BOUNDS)
