@@ -26,6 +26,7 @@ import numpy as np
 
 from infusion_tf.console import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error, quiet_tensorflow_logs
 from infusion_tf.config import check_seed
+from infusion_tf.protocol import capabilities
 
 __all__ = ["FigureSettings", "write_figures", "figures_parser", "main"]
 
@@ -145,9 +146,13 @@ def _draw(model, train: np.ndarray, test: np.ndarray, settings: FigureSettings, 
     progress(1, "samples", f"{settings.num_samples} samples, means of step {steps}")
     samples = np.asarray(model.sample(settings.num_samples, steps, seed=settings.seed))  # [n, H, W, C]
     wrote("samples", visualize.save_sample_grid(path["samples"], samples))
-    progress(2, "chains", f"{settings.num_chains} sampling chains of {steps} steps")
-    _, chain = model.sample(settings.num_chains, steps, seed=settings.seed + 1, return_chain=True)
-    wrote("chains", visualize.save_chain_grid(path["chains"], np.asarray(chain)))  # chain: [steps + 1, n, ...]
+    caps = capabilities(model)  # the chain and inpainting figures need the model's "chain" and "inpaint"
+    if "chain" in caps:
+        progress(2, "chains", f"{settings.num_chains} sampling chains of {steps} steps")
+        _, chain = model.sample(settings.num_chains, steps, seed=settings.seed + 1, return_chain=True)
+        wrote("chains", visualize.save_chain_grid(path["chains"], np.asarray(chain)))  # chain: [steps + 1, n, ...]
+    else:
+        progress(2, "chains", f"skipped: model {model.config.model!r} has no sampling chain")
     if os.path.isfile(log):
         progress(3, "training_curve", f"lower bound per epoch from {log}")
         try:
@@ -159,9 +164,13 @@ def _draw(model, train: np.ndarray, test: np.ndarray, settings: FigureSettings, 
     else:
         progress(3, "training_curve", f"skipped: {settings.checkpoint!r} has no log.csv")
     digits = min(settings.inpaint_digits, len(test))
-    progress(4, "inpainting", f"bottom half of {digits} test digits, {settings.completions} completions each, "
-                              f"{steps} steps")
-    wrote("inpainting", _inpainting(model, test, settings, steps, path["inpainting"]))
+    if "inpaint" not in caps:
+        progress(4, "inpainting", f"skipped: model {model.config.model!r} does not inpaint")
+        digits = 0
+    if digits:
+        progress(4, "inpainting", f"bottom half of {digits} test digits, {settings.completions} completions each, "
+                                  f"{steps} steps")
+        wrote("inpainting", _inpainting(model, test, settings, steps, path["inpainting"]))
     rows = min(10, len(samples))
     progress(5, "nearest_neighbours", f"{settings.neighbours} nearest of {len(train)} training images "
                                       f"for {rows} samples")

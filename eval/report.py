@@ -117,11 +117,11 @@ def _read_saved(path: str) -> dict | None:
 
 def _available(checkpoint: str, rows: list[Row], explicit: bool) -> list[Row]:
     """The rows whose inputs exist, checked before the first row runs: the checkpoint's config and weights, and
-    for sample quality a classifier of its images. Without --only, a sample-quality row that cannot run is
-    left out with a note; asked for by name, it is an error.
+    each estimator's own check (sample quality: a classifier of its images). Without --only, a row that cannot
+    run is left out with a note; asked for by name, it is an error.
     Raises: ValueError or OSError naming what is missing."""
-    from infusion_tf import quality
     from infusion_tf.config import load_config
+    from infusion_tf.registry import ESTIMATORS
 
     if not os.path.isdir(checkpoint):
         raise FileNotFoundError(f"checkpoint folder {checkpoint!r} does not exist")
@@ -129,12 +129,10 @@ def _available(checkpoint: str, rows: list[Row], explicit: bool) -> list[Row]:
     find_weights(checkpoint)  # the rows take the default weights (best if present, else last)
     kept = []
     for row in rows:
-        if row.estimator == "sample_quality":
+        check = ESTIMATORS.get(row.estimator).check
+        if check is not None:
             try:
-                if len(config.example_shape) != 3:
-                    raise ValueError(f"sample_quality scores images, {config.dataset!r} has examples of shape "
-                                     f"{config.example_shape}")
-                quality.require_classifier(config.dataset)
+                check(config)
             except ValueError as e:
                 if explicit:
                     raise

@@ -16,8 +16,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from infusion_tf.protocol import LogWeights
+
 __all__ = [
-    "prior_parameters", "gaussian_log_prob", "prior_log_prob", "sample_prior", "infusion_sample",
+    "infusion_log_weights", "prior_parameters", "gaussian_log_prob", "prior_log_prob", "sample_prior", "infusion_sample",
     "infusion_log_prob", "ChainTerms", "infusion_chain", "infusion_trajectory", "score_infusion_chain",
     "lower_bound_terms", "sampling_chain", "seed_pair",
 ]
@@ -239,6 +241,22 @@ def lower_bound_terms(terms: ChainTerms) -> tf.Tensor:
     Returns: float32 [T + 1, B].
     """
     return tf.concat([terms.log_p_chain - terms.log_q_chain, terms.log_p_target[-1:]], axis=0)
+
+
+def infusion_log_weights(operator: Operator, x, prior_mean, prior_variance, alpha, delta_variance: float,
+                         num_chains, seed: tf.Tensor) -> LogWeights:
+    """k infusion chains per example scored under p and q: the importance log-weights of Eq. 2 with footnote 4,
+    l = log p(z~, x) - log q(z~ | x), split into the T + 1 per-step terms of Eq. 3 (`lower_bound_terms`).
+
+    x: float32 [B, ...]; num_chains: k (int or int32 scalar); seed: int32 [2]. The chains of one example are
+    consecutive rows of one `infusion_chain` call, normalized with the moving (or recomputed) statistics.
+    Returns: LogWeights(per_step float32 [T + 1, B, k], squared_error float32 [B, k] = ||x - mu_T||^2).
+    """
+    b = tf.shape(x)[0]
+    terms = infusion_chain(operator, tf.repeat(x, num_chains, axis=0), prior_mean, prior_variance, alpha,
+                           delta_variance, seed, use_batch_statistics=False)  # [T, B * k] each, example-major
+    per_step = tf.reshape(lower_bound_terms(terms), [-1, b, num_chains])
+    return LogWeights(per_step, tf.reshape(terms.final_squared_error, [b, num_chains]))
 
 
 def sampling_chain(operator: Operator, prior_mean, prior_variance, num_samples, num_steps, seed: tf.Tensor, *,

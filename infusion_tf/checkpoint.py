@@ -10,8 +10,9 @@ import dataclasses
 import os
 
 from infusion_tf.config import CONFIG_FILENAME, load_config
+from infusion_tf.registry import MODELS
 
-__all__ = ["find_weights", "load_checkpoint"]
+__all__ = ["find_weights", "build_model", "load_checkpoint"]
 
 
 def find_weights(checkpoint_dir: str, weights: str | None = None) -> str:
@@ -33,22 +34,37 @@ def find_weights(checkpoint_dir: str, weights: str | None = None) -> str:
     raise FileNotFoundError(f"no weights in {checkpoint_dir!r}: tried {', '.join(tried)}")
 
 
-def load_checkpoint(checkpoint_dir: str, weights: str | None = None, precision: str | None = None) -> InfusionModel:
-    """The InfusionModel of a run folder: built from its config.json, with its weights loaded.
+def build_model(config, precision: str | None = None):
+    """The registered model `config.model` (registry.MODELS) built from its config, uncompiled and untrained.
+
+    precision: replaces config.precision where the model has one (None keeps it).
+    """
+    if precision is not None and hasattr(config, "precision"):
+        config = dataclasses.replace(config, precision=precision)
+    return MODELS.get(config.model)(config)
+
+
+def _architecture(config) -> str:
+    """The settings that decide a model's weights, for an error message: every non-training field."""
+    skip = {"dataset", "dequantize", "train_examples", "validation_examples", "batch_size", "learning_rate", "epochs",
+            "patience", "precision", "seed", "sample_every", "sampling_steps", "objective", "eta0"}
+    return ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k not in skip)
+
+
+def load_checkpoint(checkpoint_dir: str, weights: str | None = None, precision: str | None = None):
+    """The model of a run folder (any registered model): built from its config.json, with its weights loaded.
 
     precision: float32 (the default, whatever the run trained with) or mixed_bfloat16 (faster matrix
-    products on CPUs with bfloat16 units; densities stay float32).
+    products on CPUs with bfloat16 units; densities stay float32), for models that have the setting.
 
     Raises: FileNotFoundError naming a missing folder, config or weights file; ValueError when the
     weights do not fit the config's architecture or cannot be read.
     """
-    from infusion_tf.model import InfusionModel  # imports TensorFlow: not needed to find weights
-
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"checkpoint folder {checkpoint_dir!r} does not exist")
     config = load_config(checkpoint_dir)
     weights_path = find_weights(checkpoint_dir, weights)
-    model = InfusionModel(dataclasses.replace(config, precision=precision or "float32"))  # checks the name
+    model = build_model(config, precision or "float32")
     try:
         model.load_weights(weights_path)
     except ValueError as e:
@@ -56,9 +72,7 @@ def load_checkpoint(checkpoint_dir: str, weights: str | None = None, precision: 
         detail = " ".join([line.strip() for line in str(e).splitlines() if line.strip()][:2]) or type(e).__name__
         raise ValueError(
             f"weights {weights_path!r} do not match the architecture of "
-            f"{os.path.join(checkpoint_dir, CONFIG_FILENAME)!r} (operator={config.operator}, width={config.width}, "
-            f"depth={config.depth}, num_steps={config.num_steps}, variance={config.variance}, "
-            f"example_shape={list(config.example_shape)}): {detail}") from None
+            f"{os.path.join(checkpoint_dir, CONFIG_FILENAME)!r} ({_architecture(config)}): {detail}") from None
     except OSError as e:  # h5py: a truncated or damaged file, which names neither itself nor the problem's cause
         raise ValueError(f"weights {weights_path!r} cannot be read (damaged or incomplete?): {e}") from None
     return model

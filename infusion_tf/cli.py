@@ -17,19 +17,20 @@ import typing
 from infusion_tf import config as config_lib
 from infusion_tf.config import InfusionConfig
 from infusion_tf.console import BAD_INPUT, OneLineErrorParser, field_help, print_error, quiet_tensorflow_logs
+from infusion_tf.registry import MODEL_CONFIGS, MODELS
 
 __all__ = ["add_config_flags", "config_from_flags", "train_parser", "export_main", "train_main"]
 
 # Fields set by other means: the dataset by --dataset, the example shape by the data.
-_NOT_FLAGS = ("dataset", "example_shape")
+_NOT_FLAGS = ("model", "dataset", "example_shape")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds --<field> for each InfusionConfig field; every default is None (= keep the preset's value)."""
-    helps = field_help(InfusionConfig)
-    hints = typing.get_type_hints(InfusionConfig)
+def add_config_flags(parser: argparse.ArgumentParser, config_class: type = InfusionConfig) -> None:
+    """Adds --<field> for each field of a model's config; every default is None (= keep the preset's value)."""
+    helps = field_help(config_class)
+    hints = typing.get_type_hints(config_class)
     group = parser.add_argument_group("model and training settings (defaults: the dataset's preset)")
-    for field in dataclasses.fields(InfusionConfig):
+    for field in dataclasses.fields(config_class):
         if field.name in _NOT_FLAGS:
             continue
         flag = "--" + field.name.replace("_", "-")
@@ -43,24 +44,47 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=field.name, type=base, default=None, help=text)
 
 
-def _given_flags(args: argparse.Namespace) -> dict:
-    """The InfusionConfig fields set on the command line (the others are None)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(InfusionConfig)
+def _given_flags(args: argparse.Namespace, config_class: type = InfusionConfig) -> dict:
+    """The config fields set on the command line (the others are None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
             if f.name not in _NOT_FLAGS and getattr(args, f.name, None) is not None}
 
 
-def config_from_flags(args: argparse.Namespace, example_shape: tuple[int, ...] | None = None) -> InfusionConfig:
-    """The preset of args.dataset with every flag that was given applied (and the data's example shape)."""
-    base = config_lib.preset(args.dataset)
-    overrides = _given_flags(args)
+def model_config_class(argv: list[str] | None = None) -> type:
+    """The config class of the model the command line trains: --model NAME, or with --resume the model that the
+    run folder's config.json records (default: infusion). Raises: ValueError naming an unknown model."""
+    pre = argparse.ArgumentParser(add_help=False)
+    for flag in ("--model", "--output-dir", "--dataset"):
+        pre.add_argument(flag, default=None)
+    pre.add_argument("--resume", action="store_true")
+    known, _ = pre.parse_known_args(argv)
+    name = known.model
+    if name is None and known.resume:
+        folder = known.output_dir or f"runs/{known.dataset or 'mnist'}"
+        try:
+            name = config_lib.load_config(folder).model
+        except (OSError, ValueError):
+            name = None  # train_main reports the folder's problem in its own words
+    return MODEL_CONFIGS.get(name or "infusion")
+
+
+def config_from_flags(args: argparse.Namespace, example_shape: tuple[int, ...] | None = None,
+                      config_class: type = InfusionConfig):
+    """The model's preset for args.dataset with every flag that was given applied (and the data's example shape)."""
+    base = config_class.for_dataset(args.dataset)
+    overrides = _given_flags(args, config_class)
     if example_shape is not None:
         overrides["example_shape"] = tuple(example_shape)
     return dataclasses.replace(base, **overrides)
 
 
-def train_parser() -> argparse.ArgumentParser:
+def train_parser(config_class: type = InfusionConfig) -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
-        prog="train/run.py", description="Infusion training (Bordes, Honari & Vincent, ICLR 2017).")
+        prog="train/run.py", description="Trains a generative model of the toolkit; by default infusion training "
+                                         "(Bordes, Honari & Vincent, ICLR 2017).")
+    parser.add_argument("--model", default=None, choices=MODELS.names(),
+                        help="the model to train (default infusion; with --resume, the run's); its settings are the "
+                             "flags below (see --model NAME --help)")
     parser.add_argument("--dataset", default=None,
                         help="(default mnist) mnist, fashion_mnist (local IDX files), mixture_of_gaussians, banana (2-D toys), "
                              "or any TFDS image dataset such as cifar10 (needs internet the first time)")
@@ -76,7 +100,7 @@ def train_parser() -> argparse.ArgumentParser:
                         help="enable TensorFlow's op determinism: a run, interrupted and resumed or not, gives "
                              "bit-identical weights on the same machine (somewhat slower; pass it again with "
                              "--resume)")
-    add_config_flags(parser)
+    add_config_flags(parser, config_class)
     return parser
 
 
@@ -90,7 +114,11 @@ def export_main(argv: list[str] | None = None) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     """Entry point of `python train/run.py`; returns the exit status."""
-    args = train_parser().parse_args(argv)
+    try:
+        config_class = model_config_class(argv)
+    except ValueError as e:
+        return print_error(e)
+    args = train_parser(config_class).parse_args(argv)
     quiet_tensorflow_logs()
     dataset_given = args.dataset is not None
     args.dataset = args.dataset or "mnist"
@@ -101,24 +129,27 @@ def train_main(argv: list[str] | None = None) -> int:
         from infusion_tf import run_folder, training
 
         precision_note = None
-        if args.precision == "auto":  # a resumed run keeps the precision it chose when it started
+        if getattr(args, "precision", None) == "auto":  # a resumed run keeps the precision it chose when it started
             args.precision, precision_note = (None, None) if args.resume else precision_lib.resolve_precision("auto")
         if args.resume:  # the run's own config; flags other than run_folder.RESUMABLE_FIELDS must agree with it
-            config = run_folder.resume_config(output_dir, _given_flags(args))
+            config = run_folder.resume_config(output_dir, _given_flags(args, config_class))
+            if args.model is not None and args.model != config.model:
+                raise ValueError(f"--resume: the run in {output_dir!r} trains model {config.model!r}, "
+                                 f"not --model {args.model!r}")
             if dataset_given and args.dataset != config.dataset:
                 raise ValueError(f"--resume: the run in {output_dir!r} trains on {config.dataset!r}, "
                                  f"not --dataset {args.dataset!r}")
         else:
             if args.dataset not in config_lib.PRESETS:  # a misspelled name before the flags it makes wrong
                 data_lib.check_dataset_name(args.dataset)
-            config = config_from_flags(args)  # fails fast on bad flags, before any data is read
+            config = config_from_flags(args, config_class=config_class)  # bad flags fail before data is read
         if not args.resume and args.dataset not in config_lib.PRESETS:
             # Another TFDS dataset: its example shape comes from the data.
             shape = data_lib.load_splits(args.dataset, data_dir=args.data_dir).example_shape
-            config = config_from_flags(args, shape)
+            config = config_from_flags(args, shape, config_class)
         if precision_note and args.verbose:
             print(f"precision: {config.precision} ({precision_note})")
-        warning = precision_lib.slow_bfloat16_warning(config.precision)
+        warning = precision_lib.slow_bfloat16_warning(getattr(config, "precision", "float32"))
         if warning:
             print(warning, file=sys.stderr)
         if args.deterministic:

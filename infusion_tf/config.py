@@ -18,24 +18,61 @@ from typing import Any
 
 from infusion_tf import files
 from infusion_tf.precision import PRECISIONS
+from infusion_tf.registry import MODEL_CONFIGS, OBJECTIVES, OPERATORS, register_model_config
 
-__all__ = ["InfusionConfig", "PRESETS", "preset", "save_config", "load_config", "CONFIG_FILENAME", "MAX_SEED",
+__all__ = ["ModelConfig", "InfusionConfig", "PRESETS", "preset", "save_config", "load_config", "CONFIG_FILENAME", "MAX_SEED",
            "check_seed"]
 
 CONFIG_FILENAME = "config.json"
 
-_OPERATORS = ("mlp", "conv")
 _VARIANCES = ("diagonal", "isotropic")
-_OBJECTIVES = ("denoising", "lower_bound")
 _SCHEDULES = ("increasing", "constant")
 _CONV_DEPTH = 2  # the depth field's default, which the conv operator ignores
 MAX_SEED = 2**31 - 1  # seeds enter the stateless random ops as int32 pairs [seed, ...]
 
 
+class ModelConfig:
+    """What every model's config shares (a frozen dataclass subclassing this): JSON round trips that check each
+    value's type, and the preset of a dataset. Each registers with `@registry.register_model_config(name)`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}; known fields are {sorted(known)}")
+        values = dict(values)
+        _check_json_types(cls, values)
+        hints = typing.get_type_hints(cls)
+        for name, value in values.items():
+            if typing.get_origin(hints[name]) is tuple:
+                values[name] = tuple(value)
+        return cls(**values)
+
+    @classmethod
+    def for_dataset(cls, dataset: str):
+        """The model's preset for a dataset (its defaults with the dataset's name where it has none)."""
+        return dataclasses.replace(cls(), dataset=dataset)
+
+    @property
+    def num_dims(self) -> int:
+        """d, the number of dimensions of one example."""
+        d = 1
+        for s in self.example_shape:
+            d *= s
+        return d
+
+
+@register_model_config("infusion")
 @dataclasses.dataclass(frozen=True)
-class InfusionConfig:
+class InfusionConfig(ModelConfig):
     """Every setting of a model and its training. Defaults: the paper's MNIST model (Section 4)."""
 
+    model: str = "infusion"  # the registered model these settings build (registry.MODELS)
     # --- data
     dataset: str = "mnist"  # mnist | fashion_mnist | mixture_of_gaussians | banana | any TFDS image dataset
     example_shape: tuple[int, ...] = (28, 28, 1)  # shape of one example, [H, W, C] or [d]
@@ -76,9 +113,11 @@ class InfusionConfig:
         for name, value in vars(self).items():  # NaN passes "> 0" checks; an infinite rate or variance trains NaN
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
-        _check_choice("operator", self.operator, _OPERATORS)
+        if self.model != "infusion":
+            raise ValueError(f"InfusionConfig builds the infusion model, got model={self.model!r}")
+        OPERATORS.check("operator", self.operator)
         _check_choice("variance", self.variance, _VARIANCES)
-        _check_choice("objective", self.objective, _OBJECTIVES)
+        OBJECTIVES.check("objective", self.objective)
         _check_choice("schedule", self.schedule, _SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
         if not self.dataset or not self.dataset.strip():
@@ -114,41 +153,22 @@ class InfusionConfig:
 
         infusion_rates(self.num_steps, self.alpha0, self.omega, self.schedule)
 
-    @property
-    def num_dims(self) -> int:
-        """d, the number of dimensions of one example."""
-        d = 1
-        for s in self.example_shape:
-            d *= s
-        return d
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "example_shape": list(self.example_shape)}
-
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "InfusionConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config fields {unknown}; known fields are {sorted(known)}")
-        values = dict(values)
-        _check_json_types(values)
-        if "example_shape" in values:
-            values["example_shape"] = tuple(values["example_shape"])
-        return cls(**values)
+    def for_dataset(cls, dataset: str) -> "InfusionConfig":
+        """The paper's preset for the dataset (see PRESETS and `preset`)."""
+        return preset(dataset)
 
-
-def _check_json_types(values: dict[str, Any]) -> None:
+def _check_json_types(cls: type, values: dict[str, Any]) -> None:
     """ValueError naming the first field whose value has the wrong type for it (e.g. "beta": null in a
     config.json), before the checks of __post_init__ meet it. An int may stand for a float, never a bool."""
     def is_a(value, allowed) -> bool:
         allowed = tuple(allowed) + ((int,) if float in allowed else ())
         return isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool))
 
-    hints = typing.get_type_hints(InfusionConfig)
+    hints = typing.get_type_hints(cls)
     for name, value in values.items():
         hint = hints[name]
-        if typing.get_origin(hint) is tuple:  # example_shape: a JSON list of ints
+        if typing.get_origin(hint) is tuple:  # e.g. example_shape: a JSON list of ints
             ok = isinstance(value, (list, tuple)) and all(is_a(v, (int,)) for v in value)
         else:
             ok = is_a(value, typing.get_args(hint) or (hint,))
@@ -215,7 +235,7 @@ def load_config(directory: str) -> InfusionConfig:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path} holds {type(values).__name__}, not an object of settings")
-    try:
-        return InfusionConfig.from_dict(values)
+    try:  # config.json of runs written before models were registered has no "model": infusion
+        return MODEL_CONFIGS.get(values.get("model", "infusion")).from_dict(values)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None

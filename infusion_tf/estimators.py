@@ -23,52 +23,65 @@ import tensorflow as tf
 
 from infusion_tf import chains
 
-__all__ = ["ChainScorer", "ChainStatistics", "Estimate", "score_chains", "lower_bound", "importance_sampling",
+__all__ = ["LogWeightScorer", "ChainScorer", "ChainStatistics", "Estimate", "score_chains", "lower_bound", "importance_sampling",
            "isotropic_log_weights", "bits_per_dim", "recompute_batch_norm_statistics", "batch_norm_statistics",
            "set_batch_norm_statistics"]
 
 
-class ChainScorer:
-    """Scores infusion chains of one model: x [B, ...] -> per-step bound terms [T + 1, B] and ||x - mu_T||^2 [B].
+class LogWeightScorer:
+    """Scores k proposals per example of any model of the protocol (protocol.py): x [B, ...] -> log-weights.
 
-    Holds one traced tf.function (a variable batch size does not retrace). `from_model` takes an
-    InfusionModel; the constructor takes the parts, so a test can plug in an operator with a known answer.
+    Wraps the model's `log_weights(x, k, seed)` in one traced tf.function (a variable batch size or k does
+    not retrace). `from_model` takes any registered model; the constructor takes the function itself, so a
+    test can plug in a model with a known answer.
     """
 
-    def __init__(self, operator, prior_mean, prior_variance, alpha, delta_variance: float, example_shape):
-        self.operator, self.prior_mean, self.prior_variance = operator, prior_mean, prior_variance
-        self.alpha = tf.convert_to_tensor(alpha, tf.float32)
-        self.delta_variance = float(delta_variance)
+    def __init__(self, log_weights, example_shape):
         self.example_shape = tuple(int(s) for s in example_shape)
-        self.num_steps = int(self.alpha.shape[0])
+        self._log_weights = log_weights
         self._score = tf.function(self._score_eager, input_signature=[
             tf.TensorSpec([None, *self.example_shape], tf.float32),  # x, one row per example
-            tf.TensorSpec([], tf.int32),  # chains per example
+            tf.TensorSpec([], tf.int32),  # proposals (chains) per example
             tf.TensorSpec([2], tf.int32),  # seed
         ])
 
-    @classmethod
-    def from_model(cls, model) -> "ChainScorer":
-        return cls(model.operator, model.prior_mean, model.prior_variance, model.alpha,
-                   model.config.delta_variance, model.config.example_shape)
+    @staticmethod
+    def from_model(model) -> "LogWeightScorer":
+        """The scorer of any model of the protocol (ChainScorer.from_model too: the model knows its chain)."""
+        return LogWeightScorer(model.log_weights, model.config.example_shape)
 
     @property
     def num_dims(self) -> int:
         return int(np.prod(self.example_shape))
 
     def _score_eager(self, x, num_chains, seed):
-        x = tf.repeat(x, num_chains, axis=0)  # [B * c, ...], example-major
-        terms = chains.infusion_chain(self.operator, x, self.prior_mean, self.prior_variance, self.alpha,
-                                      self.delta_variance, seed, use_batch_statistics=False)
-        return chains.lower_bound_terms(terms), terms.final_squared_error
+        weights = self._log_weights(x, num_chains, seed)
+        if weights.squared_error is None:
+            return weights.per_step, tf.zeros([0], tf.float32)  # no "isotropic" capability
+        return weights.per_step, weights.squared_error
 
-    def __call__(self, x, num_chains: int, seed) -> tuple[np.ndarray, np.ndarray]:
-        """Returns float64 (per-step terms [T + 1, B, c], squared errors [B, c]) for c chains per example."""
+    def __call__(self, x, num_chains: int, seed) -> tuple[np.ndarray, np.ndarray | None]:
+        """Returns float64 (per-step terms [S, B, c], squared errors [B, c] or None) for c proposals per example."""
         steps, sse = self._score(tf.convert_to_tensor(x, tf.float32), tf.constant(num_chains, tf.int32),
                                  tf.convert_to_tensor(seed, tf.int32))
         b = int(x.shape[0])
-        return (np.asarray(steps, np.float64).reshape(self.num_steps + 1, b, num_chains),
-                np.asarray(sse, np.float64).reshape(b, num_chains))
+        per_step = np.asarray(steps, np.float64).reshape(-1, b, num_chains)
+        return per_step, (np.asarray(sse, np.float64).reshape(b, num_chains) if sse.shape[0] else None)
+
+
+class ChainScorer(LogWeightScorer):
+    """The infusion chain's scorer from its parts (operator, prior, schedule): per-step terms [T + 1, B, c] of
+    Eq. 3 and ||x - mu_T||^2 [B, c]. A test plugs in an operator with a known answer; a model uses from_model."""
+
+    def __init__(self, operator, prior_mean, prior_variance, alpha, delta_variance: float, example_shape):
+        alpha = tf.convert_to_tensor(alpha, tf.float32)
+        self.num_steps = int(alpha.shape[0])
+
+        def log_weights(x, num_chains, seed):
+            return chains.infusion_log_weights(operator, x, prior_mean, prior_variance, alpha, float(delta_variance),
+                                               num_chains, seed)
+
+        super().__init__(log_weights, example_shape)
 
 
 def isotropic_log_weights(per_step: np.ndarray, squared_error: np.ndarray, variance: float, num_dims: int) -> np.ndarray:
@@ -107,9 +120,10 @@ class ChainStatistics:
         return self.per_step_sum / (self.num_chains * self.log_sum_exp.shape[0])
 
 
-def score_chains(scorer: ChainScorer, x: np.ndarray, num_chains: int, seed: int, *, rows_per_call: int = 2048,
+def score_chains(scorer: LogWeightScorer, x: np.ndarray, num_chains: int, seed: int, *, rows_per_call: int = 2048,
                  isotropic_variances=(), progress: bool = False) -> ChainStatistics:
-    """Runs `num_chains` infusion chains for every example of x [n, ...] and accumulates their log-weights.
+    """Draws `num_chains` proposals (infusion chains, for the infusion model) for every example of x [n, ...] and
+    accumulates their log-weights; isotropic_variances need a scorer that returns squared errors.
 
     Memory is bounded by rows_per_call (examples x chains per call), whatever num_chains. The seed of
     call i is fold_in(chains.seed_pair(seed), i), fold_in([seed, 0], i) for a seed below 2^31: a fixed seed and
@@ -124,7 +138,7 @@ def score_chains(scorer: ChainScorer, x: np.ndarray, num_chains: int, seed: int,
     chains_per_call = min(k, int(rows_per_call))
     examples_per_call = max(1, int(rows_per_call) // chains_per_call)
     variances = np.asarray(isotropic_variances, np.float64).reshape(-1)
-    stats = ChainStatistics(k, np.full(n, -np.inf), np.zeros(n), np.zeros(n), np.zeros(scorer.num_steps + 1),
+    stats = ChainStatistics(k, np.full(n, -np.inf), np.zeros(n), np.zeros(n), np.zeros(0),  # per_step_sum: [S] below
                             variances, np.full((len(variances), n), -np.inf), np.zeros((len(variances), n)))
     calls = math.ceil(n / examples_per_call) * math.ceil(k / chains_per_call)
     bar = keras.utils.Progbar(calls, unit_name="call") if progress else None
@@ -134,7 +148,12 @@ def score_chains(scorer: ChainScorer, x: np.ndarray, num_chains: int, seed: int,
         for first in range(0, k, chains_per_call):
             c = min(chains_per_call, k - first)
             step_seed = tf.random.experimental.stateless_fold_in(chains.seed_pair(seed), call)
-            per_step, sse = scorer(x[rows], c, step_seed)  # [T + 1, b, c], [b, c]
+            per_step, sse = scorer(x[rows], c, step_seed)  # [S, b, c], [b, c] or None
+            if call == 0:
+                stats.per_step_sum = np.zeros(per_step.shape[0])
+                if len(variances) and sse is None:
+                    raise ValueError("isotropic rescoring needs the last step's squared errors, which this model's "
+                                     "log_weights does not return (the 'isotropic' capability)")
             _accumulate(stats, rows, per_step, sse, scorer.num_dims)
             call += 1
             if bar is not None:
@@ -198,13 +217,13 @@ def bits_per_dim(log_likelihood_nats: float, num_dims: int, quantized_8bit: bool
     return (offset - log_likelihood_nats) / (num_dims * math.log(2.0))
 
 
-def lower_bound(scorer: ChainScorer, x: np.ndarray, num_chains: int = 1, seed: int = 0, **kwargs) -> Estimate:
+def lower_bound(scorer: LogWeightScorer, x: np.ndarray, num_chains: int = 1, seed: int = 0, **kwargs) -> Estimate:
     """Stochastic lower bound of Eq. 3, averaged over `num_chains` chains per example."""
     stats = score_chains(scorer, x, num_chains, seed, **kwargs)
     return Estimate("lower_bound", stats.lower_bound(), num_chains, stats.per_step(), scorer.num_dims)
 
 
-def importance_sampling(scorer: ChainScorer, x: np.ndarray, num_chains: int, seed: int = 0, **kwargs) -> Estimate:
+def importance_sampling(scorer: LogWeightScorer, x: np.ndarray, num_chains: int, seed: int = 0, **kwargs) -> Estimate:
     """Importance-sampling estimate of log p(x), Eq. 2 with footnote 4: logsumexp of k log-weights - log k."""
     stats = score_chains(scorer, x, num_chains, seed, **kwargs)
     return Estimate("importance_sampling", stats.importance_sampling(), num_chains, stats.per_step(), scorer.num_dims)

@@ -27,20 +27,53 @@ import math
 import os
 import sys
 import time
+from typing import Any, Callable
 
 import numpy as np
 
-from infusion_tf import files, provenance
+from infusion_tf import files, protocol, provenance
 from infusion_tf.config import check_seed
 from infusion_tf.console import (BAD_INPUT, OneLineErrorParser, check_output_folder, field_help, print_error,
                                  quiet_tensorflow_logs)
 from infusion_tf.precision import resolve_precision
+from infusion_tf.registry import ESTIMATORS, register_estimator
 
-__all__ = ["ESTIMATORS", "EvalSettings", "evaluate", "use_recomputed_batch_norm", "copy_batch_norm_cache",
+__all__ = ["ESTIMATORS", "Estimator", "EvalInputs", "EvalSettings", "lower_bound", "importance_sampling", "isotropic",
+           "parzen_window", "sample_quality", "evaluate", "use_recomputed_batch_norm", "copy_batch_norm_cache",
            "batch_norm_cache_path", "eval_parser", "main"]
 
-ESTIMATORS = ("lower_bound", "importance_sampling", "isotropic", "parzen", "sample_quality")
-_DEFAULT_K = {"lower_bound": 10, "importance_sampling": 1000, "isotropic": 1000}
+
+@dataclasses.dataclass(frozen=True)
+class Estimator:
+    """One estimator of eval/run.py, registered in registry.ESTIMATORS under its name.
+
+    run(model, inputs, settings) -> dict of results ("mean_nats", "std_nats", ... or None for scores).
+    """
+
+    name: str
+    run: Callable[..., dict]
+    default_k: int | None = None  # proposals per example when it scores log-weights; None: it draws samples
+    needs: str | None = None  # a protocol capability the model must have (protocol.CAPABILITIES)
+    check: Callable[[Any], None] | None = None  # check(config): ValueError before any work when it cannot run
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalInputs:
+    """What every estimator gets: the evaluated points, validation points, the training split and the folder."""
+
+    x: np.ndarray  # float32 [n, *example_shape], as the model sees them
+    x_validation: np.ndarray  # float32 [v, *example_shape]
+    train: np.ndarray  # the run's training split in stored form (uint8 images or float points)
+    folder: str  # where results and figures go
+
+
+def _estimator(name: str, **spec):
+    """Registers the decorated function as Estimator(name, function, **spec)."""
+    def decorate(run):
+        register_estimator(name)(Estimator(name, run, **spec))
+        return run
+    return decorate
+
 _SAMPLES_TAG = 1  # the seed stream of the samples of Parzen and sample quality (see _sample_seed)
 ISOTROPIC_VARIANCES = np.logspace(-4, 0, 33)  # grid of the isotropic output variance
 
@@ -69,7 +102,7 @@ class EvalSettings:
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {list(ESTIMATORS)}")
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {list(ESTIMATORS.names())}")
         if self.split not in ("test", "train", "validation"):
             raise ValueError(f"split must be test, train or validation, got {self.split!r}")
         if self.precision not in ("float32", "mixed_bfloat16", "auto"):
@@ -85,7 +118,7 @@ class EvalSettings:
 
     @property
     def chains(self) -> int:
-        return self.k if self.k is not None else _DEFAULT_K.get(self.estimator, 1)
+        return self.k if self.k is not None else (ESTIMATORS.get(self.estimator).default_k or 1)
 
 
 def _summary(values: list[float], unit: str = "_nats") -> dict:
@@ -95,18 +128,13 @@ def _summary(values: list[float], unit: str = "_nats") -> dict:
             f"repeats{unit}": [float(v) for v in values]}
 
 
-def _chain_estimate(model, x, settings: EvalSettings, x_validation=None) -> dict:
-    """lower_bound, importance_sampling and isotropic: repeats of k chains per example."""
+def _chain_estimate(model, x, settings: EvalSettings, per_example_values, variances=(), result=None) -> dict:
+    """Repeats of k proposals per example scored by the model's log-weights (protocol.py);
+    per_example_values(stats) -> [n] is the estimator's value per example (estimators.ChainStatistics)."""
     from infusion_tf import estimators
 
-    scorer = estimators.ChainScorer.from_model(model)
-    result = {}
-    variances = ()
-    if settings.estimator == "isotropic":
-        variance, table = _choose_isotropic_variance(scorer, x_validation, settings)
-        variances = (variance,)
-        result["isotropic_variance"] = variance
-        result["validation_by_variance"] = table
+    scorer = estimators.LogWeightScorer.from_model(model)
+    result = dict(result or {})
     is_values, lb_values, per_example, per_step = [], [], [], []
     for r in range(settings.repeats):
         print(f"repeat {r + 1}/{settings.repeats}: {settings.chains} chains x {len(x)} examples")
@@ -115,12 +143,7 @@ def _chain_estimate(model, x, settings: EvalSettings, x_validation=None) -> dict
                                         progress=True)
         lb_values.append(float(stats.lower_bound().mean()))
         per_step.append(stats.per_step())
-        if settings.estimator == "isotropic":
-            values = stats.isotropic_log_sum_exp[0] - math.log(stats.num_chains)
-        elif settings.estimator == "importance_sampling":
-            values = stats.importance_sampling()
-        else:
-            values = stats.lower_bound()
+        values = per_example_values(stats)
         is_values.append(float(values.mean()))
         per_example.append(values)
     result.update(_summary(is_values))
@@ -129,6 +152,30 @@ def _chain_estimate(model, x, settings: EvalSettings, x_validation=None) -> dict
     result["per_step"] = [float(v) for v in np.mean(per_step, axis=0)]
     result["lower_bound_same_chains"] = _summary(lb_values)
     return result
+
+
+@_estimator("lower_bound", default_k=10)
+def lower_bound(model, inputs: EvalInputs, settings: EvalSettings) -> dict:
+    """Eq. 3: mean_j l_j over k proposals per example."""
+    return _chain_estimate(model, inputs.x, settings, lambda stats: stats.lower_bound())
+
+
+@_estimator("importance_sampling", default_k=1000)
+def importance_sampling(model, inputs: EvalInputs, settings: EvalSettings) -> dict:
+    """Eq. 2 with footnote 4: logsumexp_j l_j - log k."""
+    return _chain_estimate(model, inputs.x, settings, lambda stats: stats.importance_sampling())
+
+
+@_estimator("isotropic", default_k=1000, needs="isotropic")
+def isotropic(model, inputs: EvalInputs, settings: EvalSettings) -> dict:
+    """Eq. 2 with the last step's variance replaced by one variance for all pixels, chosen on validation (Table 2)."""
+    from infusion_tf import estimators
+
+    variance, table = _choose_isotropic_variance(estimators.LogWeightScorer.from_model(model), inputs.x_validation,
+                                                 settings)
+    return _chain_estimate(model, inputs.x, settings,
+                           lambda stats: stats.isotropic_log_sum_exp[0] - math.log(stats.num_chains), (variance,),
+                           {"isotropic_variance": variance, "validation_by_variance": table})
 
 
 def _choose_isotropic_variance(scorer, x_validation, settings: EvalSettings) -> tuple[float, dict]:
@@ -166,9 +213,12 @@ def _model_samples(model, settings: EvalSettings, repeat: int) -> np.ndarray:
     return np.concatenate(batches, axis=0)
 
 
-def _parzen(model, x, x_validation, settings: EvalSettings) -> dict:
+@_estimator("parzen")
+def parzen_window(model, inputs: EvalInputs, settings: EvalSettings) -> dict:
+    """Parzen window on num_samples samples, bandwidth chosen on the validation points (Table 1)."""
     from infusion_tf import parzen
 
+    x, x_validation = inputs.x, inputs.x_validation
     grid = parzen.sigma_grid(x_validation)  # from the data's scale: the same widths for every repeat
     print(f"Parzen widths: {len(grid)} from {grid[0]:g} to {grid[-1]:g}, chosen on {len(x_validation)} validation "
           f"examples")
@@ -187,9 +237,22 @@ def _parzen(model, x, x_validation, settings: EvalSettings) -> dict:
     return result
 
 
-def _sample_quality(model, x, train_array, settings: EvalSettings, folder: str) -> dict:
+def _check_sample_quality(config) -> None:
+    """Sample quality needs images and a trained classifier of them (quality.require_classifier)."""
+    if len(config.example_shape) != 3:
+        raise ValueError(f"sample_quality scores images; {config.dataset!r} has examples of shape "
+                         f"{config.example_shape}")
     from infusion_tf import quality
 
+    quality.require_classifier(config.dataset)
+
+
+@_estimator("sample_quality", check=_check_sample_quality)
+def sample_quality(model, inputs: EvalInputs, settings: EvalSettings) -> dict:
+    """Classifier Inception score and Frechet distance of samples, and a nearest-neighbour figure."""
+    from infusion_tf import quality
+
+    x, train_array, folder = inputs.x, inputs.train, inputs.folder
     classifier = quality.load_classifier(model.config.dataset)
     scores, distances = [], []
     for r in range(settings.repeats):
@@ -223,13 +286,9 @@ def _check_inputs(config, settings: EvalSettings, output: str) -> None:
     check_output_folder(os.path.dirname(os.path.abspath(output)))
     if os.path.isdir(output):
         raise IsADirectoryError(f"--output {output!r} is a folder; give the results file's name")
-    if settings.estimator == "sample_quality":
-        if len(config.example_shape) != 3:
-            raise ValueError(f"sample_quality scores images; {config.dataset!r} has examples of shape "
-                             f"{config.example_shape}")
-        from infusion_tf import quality
-
-        quality.require_classifier(config.dataset)
+    spec = ESTIMATORS.get(settings.estimator)
+    if spec.check is not None:
+        spec.check(config)
 
 
 def _read_batch_norm_cache(path: str) -> tuple[dict, dict, dict] | None:
@@ -333,12 +392,16 @@ def evaluate(settings: EvalSettings) -> dict:
     weights_path = find_weights(settings.checkpoint, settings.weights)
     folder = os.path.dirname(os.path.abspath(output))
     config = model.config
+    spec = ESTIMATORS.get(settings.estimator)
+    if spec.needs is not None:
+        protocol.require(model, spec.needs, f"the {spec.name} estimator")
     _check_inputs(config, settings, output)  # what would fail after minutes of work fails now
     splits, source = load_run_data(config, settings.checkpoint, settings.data_dir)  # the run's own data
     train = training_splits(config, splits).train
     os.makedirs(folder, exist_ok=True)  # once the inputs are known to be good, before the work
-    batch_norm = {"mode": settings.batch_norm}
-    if settings.batch_norm == "recompute":
+    has_batch_norm = "batch_norm" in protocol.capabilities(model)
+    batch_norm = {"mode": settings.batch_norm if has_batch_norm else "none (the model has no batch normalization)"}
+    if settings.batch_norm == "recompute" and has_batch_norm:
         batch_norm.update(use_recomputed_batch_norm(model, weights_path, train, seed=settings.seed,
                                                     precision=settings.precision, cache=settings.batch_norm_cache,
                                                     data_fingerprint=source["fingerprint"]))
@@ -347,12 +410,7 @@ def evaluate(settings: EvalSettings) -> dict:
     x = data.eval_points(array, seed=settings.seed, dequantize=dequantize)
     x_validation = data.eval_points(splits.validation[:settings.validation_examples], seed=settings.seed + 1,
                                     dequantize=dequantize)
-    if settings.estimator == "parzen":
-        result = _parzen(model, x, x_validation, settings)
-    elif settings.estimator == "sample_quality":
-        result = _sample_quality(model, x, train, settings, folder)
-    else:
-        result = _chain_estimate(model, x, settings, x_validation)
+    result = spec.run(model, EvalInputs(x, x_validation, train, folder), settings)
     result = {"estimator": settings.estimator, **result}
     if result.get("mean_nats") is not None:
         quantized = config.dequantize or len(config.example_shape) == 3
@@ -397,7 +455,7 @@ def _print_table(result: dict) -> None:
 def eval_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="eval/run.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="run folder (config.json + weights)")
-    parser.add_argument("--estimator", default="lower_bound", help=f"one of {', '.join(ESTIMATORS)} "
+    parser.add_argument("--estimator", default="lower_bound", help=f"one of {', '.join(ESTIMATORS.names())} "
                                                                      f"(default lower_bound)")
     helps = field_help(EvalSettings)
     for field in dataclasses.fields(EvalSettings):

@@ -36,6 +36,7 @@ from infusion_tf import chains
 from infusion_tf.checkpoint import find_weights, load_checkpoint
 from infusion_tf.console import BAD_INPUT, OneLineErrorParser, check_output_folder, print_error
 from infusion_tf.model import InfusionModel
+from infusion_tf.protocol import capabilities
 
 __all__ = ["export_saved_model", "export_from_checkpoint", "find_weights", "main", "DEFAULT_MAX_SAMPLES",
            "DEFAULT_MAX_STEPS", "CHUNK_SIZE"]
@@ -75,8 +76,10 @@ def _checked(value, checks):
 
 
 def _sampling_functions(model: InfusionModel, max_samples: int, chunk_size: int, max_steps: int):
-    """The two endpoints: sample(num_samples, num_steps, seed) and inpaint(images, mask, num_steps, seed)."""
-    operator = _chunked_operator(model.operator, chunk_size)
+    """The endpoints: sample(num_samples, num_steps, seed), and inpaint(images, mask, num_steps, seed) for a model
+    with the "inpaint" capability (protocol.py). A model with a sampling chain ("chain") runs it here, its operator
+    on at most chunk_size examples at a time; any other model serves its own sample()."""
+    caps = capabilities(model)
     shape = tuple(model.config.example_shape)
     scalar = lambda name: tf.TensorSpec([], tf.int32, name=name)  # noqa: E731
     image_spec = lambda name: tf.TensorSpec([None, *shape], tf.float32, name=name)  # noqa: E731
@@ -100,6 +103,17 @@ def _sampling_functions(model: InfusionModel, max_samples: int, chunk_size: int,
                 tf.debugging.assert_less_equal(n, max_samples, message=(
                     f"{name} must be <= {max_samples}, the limit set at export (max_samples); "
                     "split larger requests"))]
+
+    if "chain" not in caps:
+        def sample(num_samples, num_steps, seed):
+            """num_samples, num_steps, seed: int32 scalars -> {"images": float32 [num_samples, *example_shape]}."""
+            checks = check_batch(num_samples, "num_samples") + check_steps(num_steps)
+            images = model.sample(_checked(num_samples, checks), _checked(num_steps, checks),
+                                  seed=tf.stack([seed, tf.constant(0, tf.int32)]))
+            return {"images": tf.cast(images, tf.float32)}
+
+        return ((sample, [scalar("num_samples"), scalar("num_steps"), scalar("seed")]),)
+    operator = _chunked_operator(model.operator, chunk_size)
 
     def run_chain(num_samples, num_steps, seed, known=None, mask=None):
         images = chains.sampling_chain(
@@ -129,8 +143,10 @@ def _sampling_functions(model: InfusionModel, max_samples: int, chunk_size: int,
         images, mask = _checked(images, checks), _checked(mask, checks)
         return run_chain(tf.shape(images)[0], _checked(num_steps, checks), seed, known=images, mask=mask)
 
-    return ((sample, [scalar("num_samples"), scalar("num_steps"), scalar("seed")]),
-            (inpaint, [image_spec("images"), image_spec("mask"), scalar("num_steps"), scalar("seed")]))
+    endpoints = [(sample, [scalar("num_samples"), scalar("num_steps"), scalar("seed")])]
+    if "inpaint" in caps:
+        endpoints.append((inpaint, [image_spec("images"), image_spec("mask"), scalar("num_steps"), scalar("seed")]))
+    return tuple(endpoints)
 
 
 def _clear_destination(path: str, remove: bool = True) -> None:

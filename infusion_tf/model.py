@@ -20,14 +20,40 @@ import tensorflow as tf
 from infusion_tf import chains
 from infusion_tf.config import InfusionConfig
 from infusion_tf.networks import StepBatchNormalization, build_operator
+from infusion_tf.protocol import LogWeights
+from infusion_tf.registry import OBJECTIVES, register_model, register_objective
 from infusion_tf.schedule import denoising_weights, infusion_rates
 
-__all__ = ["InfusionModel"]
+__all__ = ["InfusionModel", "denoising_objective", "lower_bound_objective"]
 
 
+@register_objective("denoising")
+def denoising_objective(model: "InfusionModel", terms: chains.ChainTerms) -> tf.Tensor:
+    """Section 2.3.2: -sum_t eta(t) log p(t)(x | z~(t-1)), eta(t) = eta0 t / T (footnote 3). [T, B] terms -> [B]."""
+    return -tf.reduce_sum(model.eta[:, None] * terms.log_p_target, axis=0)
+
+
+denoising_objective.reparametrized = False  # no gradient through the chain's draws
+
+
+@register_objective("lower_bound")
+def lower_bound_objective(model: "InfusionModel", terms: chains.ChainTerms) -> tf.Tensor:
+    """Section 2.4.1: minus the integrand of Eq. 3 along a reparametrized chain. [T, B] terms -> [B]."""
+    return -tf.reduce_sum(chains.lower_bound_terms(terms), axis=0)
+
+
+lower_bound_objective.reparametrized = True  # gradients flow through the draws
+
+
+@register_model("infusion")
 @keras.saving.register_keras_serializable(package="infusion_tf")
 class InfusionModel(keras.Model):
-    """Prior p(0), transition operator p(t) and infusion schedule alpha(t), trained by infusion training."""
+    """Prior p(0), transition operator p(t) and infusion schedule alpha(t), trained by infusion training.
+
+    A model of the toolkit's protocol (protocol.py) with every optional capability.
+    """
+
+    capabilities = ("inpaint", "chain", "batch_norm", "isotropic")
 
     def __init__(self, config: InfusionConfig | dict | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -64,6 +90,14 @@ class InfusionModel(keras.Model):
         self.built = True
 
     # ----------------------------------------------------------------------------------------- setup
+    def describe(self) -> str:
+        """One line for the training header: operator, steps and infusion schedule."""
+        c = self.config
+        schedule = (f"alpha(0) = {c.alpha0:g}, omega = {c.omega:g}" if c.schedule == "increasing"
+                    else f"alpha = {c.alpha0:g} (constant)")
+        layers = f"{c.depth} x {c.width}" if c.operator == "mlp" else f"width {c.width}"
+        return f"{c.operator} operator ({layers}), T = {c.num_steps} steps, {schedule}"
+
     def get_config(self):
         return {"config": self.config.to_dict(), "name": self.name}
 
@@ -111,19 +145,22 @@ class InfusionModel(keras.Model):
             stop_gradient=stop_gradient)
 
     def objective(self, terms: chains.ChainTerms) -> tf.Tensor:
-        """Per-example loss to minimize, float32 [B].
+        """Per-example loss to minimize, float32 [B]: the registered objective config.objective (see below)."""
+        return OBJECTIVES.get(self.config.objective)(self, terms)
 
-        denoising (Section 2.3.2): -sum_t eta(t) log p(t)(x | z~(t-1)), eta(t) = eta0 t / T (footnote 3).
-        lower_bound (Section 2.4.1): minus the integrand of Eq. 3 along a reparametrized chain.
+    def log_weights(self, x, num_proposals, seed) -> LogWeights:
+        """Protocol (protocol.py): k infusion chains per example scored under p and q, Eq. 2-3 and footnote 4.
+
+        x: float32 [B, ...] -> LogWeights(per_step [T + 1, B, k], squared_error [B, k]); moving (or recomputed)
+        batch-norm statistics.
         """
-        if self.config.objective == "denoising":
-            return -tf.reduce_sum(self.eta[:, None] * terms.log_p_target, axis=0)
-        return -tf.reduce_sum(chains.lower_bound_terms(terms), axis=0)
+        return chains.infusion_log_weights(self.operator, x, self.prior_mean, self.prior_variance, self.alpha,
+                                           self.config.delta_variance, num_proposals, seed)
 
     def train_step(self, data):
         x = self._images(data)
         seed = self._next_seed()
-        denoising = self.config.objective == "denoising"
+        denoising = not OBJECTIVES.get(self.config.objective).reparametrized  # no gradient through the draws
         together = denoising and self.score_steps_together
         if together:
             # No gradient flows through the chain's draws (Section 2.3.2), so they can be drawn first, outside

@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from infusion_tf.registry import OPERATORS, register_operator
+
 __all__ = ["StepBatchNormalization", "MLPOperator", "ConvOperator", "build_operator", "operator_head"]
 
 _PACKAGE = "infusion_tf"
@@ -175,6 +177,7 @@ class _Operator(keras.layers.Layer):
                 "batch_norm_epsilon": self.batch_norm_epsilon}
 
 
+@register_operator("mlp")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MLPOperator(_Operator):
     """The paper's MNIST operator: depth x [Dense(width) -> step batch norm -> ReLU], then two Dense(d) heads.
@@ -212,6 +215,7 @@ class MLPOperator(_Operator):
         return self._output(self.mean_head(h), self.variance_head(h), step)
 
 
+@register_operator("conv")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ConvOperator(_Operator):
     """The paper's CIFAR-10 / CelebA operator (Section 4, after Salimans et al. 2016's generator).
@@ -275,7 +279,7 @@ def build_operator(config) -> _Operator:
     kwargs = dict(variance=config.variance, beta=config.beta, epsilon=config.epsilon,
                   batch_norm_momentum=config.batch_norm_momentum, batch_norm_epsilon=config.batch_norm_epsilon,
                   name="transition_operator", dtype=config.precision)
-    cls = {"mlp": MLPOperator, "conv": ConvOperator}[config.operator]
+    cls = OPERATORS.get(config.operator)
     operator = cls(config.example_shape, config.num_steps, config.width, config.depth, **kwargs)
     operator.build((None, *config.example_shape))
     return operator

@@ -34,7 +34,7 @@ import keras
 from infusion_tf import data as data_lib
 from infusion_tf import files
 from infusion_tf.config import CONFIG_FILENAME, InfusionConfig, load_config, save_config
-from infusion_tf.model import InfusionModel
+from infusion_tf.registry import MODELS
 
 __all__ = ["RunPaths", "Progress", "RESUMABLE_FIELDS", "DATA_SOURCE_FILENAME", "check_output_dir", "resume_config",
            "create_output_dir", "update_output_dir", "read_data_source", "load_run_data", "training_splits",
@@ -227,7 +227,7 @@ def load_training_data(config: InfusionConfig, data_dir: str | None = None,
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
-def save_checkpoint(model: InfusionModel, path: str, progress: Progress) -> None:
+def save_checkpoint(model, path: str, progress: Progress) -> None:
     """model.save(path) with `progress` added to the same .keras file (an entry Keras does not read)."""
     model.save(path)
     with zipfile.ZipFile(path, "a") as archive:
@@ -242,7 +242,7 @@ def read_progress(path: str) -> Progress | None:
         return Progress(**json.loads(archive.read(_PROGRESS_ENTRY)))
 
 
-def commit_epoch(paths: RunPaths, model: InfusionModel, progress: Progress, improved: bool) -> None:
+def commit_epoch(paths: RunPaths, model, progress: Progress, improved: bool) -> None:
     """Commits an epoch: last.keras with `progress` (the commit), then last.weights.h5, best.weights.h5 when the
     validation bound `improved`, and state.json."""
     files.atomic_write(paths.last, lambda tmp: save_checkpoint(model, tmp, progress))
@@ -260,14 +260,15 @@ def resume_model(paths: RunPaths, config: InfusionConfig, steps_per_epoch: int):
     """
     if not os.path.isfile(paths.last):
         return None
+    model_class = MODELS.get(config.model)  # imports the model's module, whose class Keras must know to load it
     try:
         model = keras.models.load_model(paths.last)
         progress = read_progress(paths.last)
     except Exception as e:  # Keras raises many types for a damaged or foreign file
         detail = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise ValueError(f"cannot resume from {paths.last}: {detail}") from None
-    if not isinstance(model, InfusionModel) or _differences(model.config, config):
-        changed = _differences(model.config, config) if isinstance(model, InfusionModel) else type(model).__name__
+    if not isinstance(model, model_class) or _differences(model.config, config):
+        changed = _differences(model.config, config) if isinstance(model, model_class) else type(model).__name__
         raise ValueError(f"{paths.last} holds a model of another architecture than {paths.config}: {changed}")
     epoch, partial = divmod(int(model.optimizer.iterations.numpy()), steps_per_epoch)
     if partial:
@@ -281,7 +282,7 @@ def resume_model(paths: RunPaths, config: InfusionConfig, steps_per_epoch: int):
     return model, progress
 
 
-def repair_run_folder(paths: RunPaths, model: InfusionModel, progress: Progress) -> None:
+def repair_run_folder(paths: RunPaths, model, progress: Progress) -> None:
     """Brings the files written after last.keras level with it, after a run was killed between them.
 
     Drops temporary files and the log rows of unfinished epochs; rewrites last.weights.h5, state.json, and

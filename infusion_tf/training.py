@@ -20,10 +20,10 @@ import time
 import keras
 import numpy as np
 
+from infusion_tf import checkpoint
 from infusion_tf import data as data_lib
 from infusion_tf import visualize
 from infusion_tf.config import InfusionConfig
-from infusion_tf.model import InfusionModel
 from infusion_tf.run_folder import (Progress, RunPaths, check_output_dir, commit_epoch, create_output_dir,
                                     load_run_data, repair_run_folder, resume_model, training_splits,
                                     update_output_dir)
@@ -32,10 +32,11 @@ __all__ = ["TrainingInterrupted", "build_model", "CheckpointCallback", "NonFinit
            "PatienceStopping", "StopOnSignal", "EpochTimer", "describe_run", "train"]
 
 
-def build_model(config: InfusionConfig, train_array: np.ndarray | None = None) -> InfusionModel:
-    """A compiled InfusionModel (Adam), its prior fitted to `train_array` when given (Eq. 1)."""
+def build_model(config, train_array: np.ndarray | None = None):
+    """A compiled model of the registered kind config.model (Adam), set up on `train_array` when given
+    (the infusion model fits its prior p(0), Eq. 1)."""
     keras.utils.set_random_seed(config.seed)
-    model = InfusionModel(config)  # its layers compute in config.precision
+    model = checkpoint.build_model(config)  # its layers compute in config.precision
     if train_array is not None:
         model.fit_prior(train_array)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
@@ -170,22 +171,21 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86_400:.1f} days"
 
 
-def describe_run(config: InfusionConfig, splits: data_lib.Splits, model, output_dir: str,
-                 progress: Progress) -> list[str]:
-    """The header a run prints before training: data, model, optimization, where it writes, how to stop."""
+def describe_run(config, splits: data_lib.Splits, model, output_dir: str, progress: Progress) -> list[str]:
+    """The header a run prints before training: data, model (its own `describe()` where it has one), optimization,
+    where it writes, how to stop."""
     shape = "x".join(str(s) for s in config.example_shape)
-    schedule = (f"alpha(0) = {config.alpha0:g}, omega = {config.omega:g}" if config.schedule == "increasing"
-                else f"alpha = {config.alpha0:g} (constant)")
-    layers = f"{config.depth} x {config.width}" if config.operator == "mlp" else f"width {config.width}"
     start = "starting" if progress.epoch == 0 else f"resuming after epoch {progress.epoch}"
     steps = len(splits.train) // config.batch_size
+    what = model.describe() if callable(getattr(model, "describe", None)) else f"{config.model} model"
+    optimization = ", ".join(part for part in (
+        f"{config.objective} objective" if hasattr(config, "objective") else "", f"batch {config.batch_size}",
+        f"Adam {config.learning_rate:g}", getattr(config, "precision", "")) if part)
     return [
         f"data:      {config.dataset}, {len(splits.train)} train / {len(splits.validation)} validation / "
         f"{len(splits.test)} test examples of shape {shape}",
-        f"model:     {config.operator} operator ({layers}), T = {config.num_steps} steps, {schedule}, "
-        f"{model.count_params():,} parameters",
-        f"training:  {config.objective} objective, batch {config.batch_size}, Adam {config.learning_rate:g}, "
-        f"{config.precision}; {start}, {config.epochs} epochs of {steps} steps",
+        f"model:     {what}, {model.count_params():,} parameters",
+        f"training:  {optimization}; {start}, {config.epochs} epochs of {steps} steps",
         f"output:    {output_dir} (config.json, checkpoints/, log.csv, samples/, tensorboard/)",
         f"stop:      Ctrl-C keeps every complete epoch; continue with --resume --output-dir {output_dir}",
     ]
@@ -308,7 +308,7 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
     return history
 
 
-def _export_best(model: InfusionModel, paths: RunPaths) -> None:
+def _export_best(model, paths: RunPaths) -> None:
     from infusion_tf.export import export_saved_model
 
     if os.path.isfile(paths.best_weights):

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from infusion_tf import files
+from infusion_tf.protocol import capabilities
 
 __all__ = ["image_grid", "save_png", "save_sample_grid", "save_chain_grid", "save_inpainting_grid", "save_scatter",
            "plot_curves", "write_samples"]
@@ -137,9 +138,11 @@ def plot_curves(csv_path: str, png_path: str, keys=("lower_bound", "val_lower_bo
 
 def write_samples(model, folder: str, tag: str, reference=None, num_samples=100, num_chains=10,
                   seed: int = 1234) -> list[str]:
-    """Writes samples_<tag>.png and chains_<tag>.png (a scatter plot for 2-D data) and copies of the latest.
+    """Writes samples_<tag>.png, chains_<tag>.png for a model with the "chain" capability, or a scatter plot for
+    2-D data, and copies of the latest.
 
-    model: an InfusionModel (its sample and config.sampling_steps); reference: data [M, 2] under a scatter plot.
+    model: any model of the protocol (its sample and config.sampling_steps); reference: data [M, 2] under a scatter
+    plot.
     """
     os.makedirs(folder, exist_ok=True)
     steps = model.config.sampling_steps
@@ -149,9 +152,10 @@ def write_samples(model, folder: str, tag: str, reference=None, num_samples=100,
         written.append(save_scatter(os.path.join(folder, f"samples_{tag}.png"), samples,
                                     reference, title=f"samples, {steps} steps ({tag})"))
     else:
-        _, chain = model.sample(num_chains, steps, seed=seed + 1, return_chain=True)
         written.append(save_sample_grid(os.path.join(folder, f"samples_{tag}.png"), samples))
-        written.append(save_chain_grid(os.path.join(folder, f"chains_{tag}.png"), np.asarray(chain)))
+        if "chain" in capabilities(model):
+            _, chain = model.sample(num_chains, steps, seed=seed + 1, return_chain=True)
+            written.append(save_chain_grid(os.path.join(folder, f"chains_{tag}.png"), np.asarray(chain)))
     for path in written:
         latest = os.path.join(folder, os.path.basename(path).replace(f"_{tag}", ""))
         files.atomic_write(latest, lambda tmp, path=path: shutil.copyfile(path, tmp))

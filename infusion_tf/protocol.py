@@ -1,0 +1,84 @@
+"""The model protocol: what a generative model gives the toolkit's commands and estimators.
+
+Every model of the toolkit (infusion training, and the models of papers 002-004 as they join) is a
+`keras.Model` registered with `@registry.register_model(name)` whose config is a frozen dataclass registered
+with `@registry.register_model_config(name)`. The training command, `eval/run.py`, `eval/report.py`,
+`eval/figures.py` and the export reach a model only through this page:
+
+Required
+    config                          frozen dataclass: dataset, example_shape, dequantize, seed, sampling_steps,
+                                    and `model` (its registry name); written as config.json beside the weights
+    log_weights(x, k, seed)         importance log-weights of k proposals z_j ~ q(z | x) per example,
+                                    l_j = log p(x, z_j) - log q(z_j | x), split into S per-step terms whose sum
+                                    is l_j (S = 1 for a model without steps). x: float32 [B, *example_shape];
+                                    k: int; seed: int32 [2]. Returns LogWeights(per_step [S, B, k], ...).
+                                    The lower bound (mean_j l_j), importance sampling (logsumexp_j l_j - log k)
+                                    and every other chain estimator are computed from it, whatever the model.
+    sample(n, num_steps=None, seed=None)
+                                    float32 [n, *example_shape] samples (for Parzen, sample quality, figures
+                                    and the SavedModel's `sample` signature)
+    fit_prior(train_array)          optional set-up from the training set before the first step (may do nothing)
+
+Optional capabilities, discovered with `capabilities(model)`, never assumed:
+    "inpaint"       inpaint(images, mask, num_steps=None, seed=None) -> [B, *example_shape]: clamps mask = 1
+    "chain"         sample(n, num_steps, seed, return_chain=True) -> (samples, [steps + 1, n, ...])
+    "batch_norm"    step_batch_norms() -> the layers whose statistics can be recomputed over the training set
+                    (Bordes et al., Appendix A.1), with chain_terms(x, seed, use_batch_statistics=True)
+    "isotropic"     LogWeights.squared_error: ||x - mean of the last step||^2 [B, k], so the last step can be
+                    rescored under an isotropic Gaussian (Table 2's isotropic row)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+__all__ = ["LogWeights", "GenerativeModel", "CAPABILITIES", "capabilities", "require"]
+
+
+class LogWeights(NamedTuple):
+    """Importance log-weights of k proposals per example, split into per-step terms.
+
+    per_step: float [S, B, k]; their sum over S is log p(x, z) - log q(z | x) of each proposal.
+    squared_error: float [B, k] or None: ||x - mean of the last step||^2 (the "isotropic" capability).
+    """
+
+    per_step: Any
+    squared_error: Any = None
+
+
+@runtime_checkable
+class GenerativeModel(Protocol):
+    """The methods every model provides (see the module docstring for shapes)."""
+
+    config: Any
+
+    def log_weights(self, x, num_proposals: int, seed) -> LogWeights: ...
+
+    def sample(self, num_samples: int, num_steps: int | None = None, seed: int | None = None, **kwargs): ...
+
+    def fit_prior(self, train_array) -> None: ...
+
+
+CAPABILITIES = ("inpaint", "chain", "batch_norm", "isotropic")
+
+
+def capabilities(model) -> frozenset[str]:
+    """The optional capabilities a model has: the ones its class declares in `capabilities` and implements."""
+    declared = frozenset(getattr(model, "capabilities", ()))
+    unknown = declared - set(CAPABILITIES)
+    if unknown:
+        raise ValueError(f"{type(model).__name__} declares unknown capabilities {sorted(unknown)}; "
+                         f"known: {list(CAPABILITIES)}")
+    needs = {"inpaint": "inpaint", "batch_norm": "step_batch_norms"}
+    missing = [c for c in declared if c in needs and not callable(getattr(model, needs[c], None))]
+    if missing:
+        raise ValueError(f"{type(model).__name__} declares {missing} but has no {[needs[c] for c in missing]}")
+    return declared
+
+
+def require(model, capability: str, what: str) -> None:
+    """ValueError when `model` lacks `capability`, saying what needed it (e.g. "the isotropic estimator")."""
+    if capability not in capabilities(model):
+        name = getattr(getattr(model, "config", None), "model", type(model).__name__)
+        raise ValueError(f"{what} needs the {capability!r} capability, which model {name!r} does not have "
+                         f"(it has {sorted(capabilities(model)) or 'none'})")
