@@ -78,6 +78,21 @@ def test_langevin_with_the_exact_score_samples_the_gaussian():
     np.testing.assert_array_equal(samples, same)  # a fixed seed gives identical chains
 
 
+def test_langevin_with_the_residual_estimator_samples_a_distorted_gaussian():
+    """Why App. F's residual samples go wrong: with the optimal denoiser the residual estimator is
+    -2 sigma^4 P^2 (x - m), P = (S + sigma^2 I)^{-1}, so Langevin samples N(m, V) with precision A = 2 sigma^4 P^2
+    (ULA bias included as above): the covariance is the smoothed covariance squared over 2 sigma^4, not S."""
+    n, eps, sigma = 4000, 0.05, 0.7
+    p = smoothed_precision(sigma)
+    a = 2 * sigma**4 * p @ p
+    samples = score.langevin_sample(lambda x: score.dae_residual_score(optimal_phi(sigma), x),
+                                    np.tile(np.float32(MEAN), (n, 1)), eps, 1500, seed=4).numpy()
+    stationary = np.linalg.inv(a @ (np.eye(2) - eps * a / 4))
+    np.testing.assert_array_less(np.abs(samples.var(axis=0) - np.diag(stationary)),
+                                 5 * np.diag(stationary) * math.sqrt(2 / n))
+    assert abs(samples.var(axis=0)[0] - COV[0, 0]) > 0.5  # far from the data's variance
+
+
 def test_annealed_langevin_ends_at_the_last_levels_law():
     sigmas = [1.0, 0.5, 0.1]
     fns = [lambda x, s=s: score.dae_score(optimal_phi(s), x, s) for s in sigmas]
