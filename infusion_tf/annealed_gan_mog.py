@@ -72,6 +72,7 @@ def run(s: GanMogSettings, output_dir: str) -> dict:
 
     start = time.time()
     os.makedirs(output_dir, exist_ok=True)
+    commit = provenance.git("rev-parse", "--short", "HEAD")  # the code this run started with
     train = data.toy_to_raw(_NAME, data.toy_samples(_NAME, 50_000, 0)).astype(np.float32)
     exact = data.toy_to_raw(_NAME, data.toy_samples(_NAME, s.num_samples, 1))
     other = data.toy_to_raw(_NAME, data.toy_samples(_NAME, s.num_samples, 2))
@@ -87,7 +88,7 @@ def run(s: GanMogSettings, output_dir: str) -> dict:
     results = {"settings": dataclasses.asdict(s), "runs": runs,
                "exact_vs_exact": {"energy_distance": energy_distance(other, exact), **mode_statistics(other)},
                "command": "python -m infusion_tf.annealed_gan_mog " + " ".join(sys.argv[1:]),
-               "commit": provenance.git("rev-parse", "--short", "HEAD"), "cpu": cpu,
+               "commit": commit, "cpu": cpu,
                "load_average": list(os.getloadavg()), "wall_s": time.time() - start}
     _figure(os.path.join(output_dir, "gan_mog.png"), samples, exact)
     np.savez(os.path.join(output_dir, "samples.npz"), exact=exact, **samples)

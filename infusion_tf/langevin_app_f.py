@@ -98,6 +98,7 @@ def run_app_f(settings: AppFSettings, output_dir: str) -> dict:
     start = time.time()
     os.makedirs(output_dir, exist_ok=True)
     s = settings
+    commit = provenance.git("rev-parse", "--short", "HEAD")  # the code this run started with
     train = toy_densities.banana_samples(s.train_examples, s.seed).astype(np.float32)
     exact_a = toy_densities.banana_samples(s.num_chains, s.seed + 1)
     exact_b = toy_densities.banana_samples(s.num_chains, s.seed + 2)
@@ -134,7 +135,7 @@ def run_app_f(settings: AppFSettings, output_dir: str) -> dict:
         "samplers": {name: _summary(x, exact_a) for name, x in samples.items()},
         "exact_moments": {"mean": exact_a.mean(axis=0).tolist(), "std": exact_a.std(axis=0).tolist()},
         "command": "python -m infusion_tf.langevin_app_f " + " ".join(sys.argv[1:]),
-        "commit": provenance.git("rev-parse", "--short", "HEAD"),
+        "commit": commit,
         "cpu": cpu, "threads": os.cpu_count(), "load_average": list(os.getloadavg()),
         "wall_s": {"train_dae": trained - start, "total": time.time() - start},
     }
