@@ -12,7 +12,7 @@ import os
 from infusion_tf.config import CONFIG_FILENAME, load_config
 from infusion_tf.registry import MODELS
 
-__all__ = ["find_weights", "build_model", "load_checkpoint"]
+__all__ = ["find_weights", "build_model", "load_checkpoint", "load_weights"]
 
 
 def find_weights(checkpoint_dir: str, weights: str | None = None) -> str:
@@ -47,7 +47,7 @@ def build_model(config, precision: str | None = None):
 def _architecture(config) -> str:
     """The settings that decide a model's weights, for an error message: every non-training field."""
     skip = {"dataset", "dequantize", "train_examples", "validation_examples", "batch_size", "learning_rate", "epochs",
-            "patience", "precision", "seed", "sample_every", "sampling_steps", "objective", "eta0"}
+            "patience", "precision", "seed", "sample_every", "sampling_steps", "objective", "eta0", "init_from"}
     return ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k not in skip)
 
 
@@ -65,14 +65,22 @@ def load_checkpoint(checkpoint_dir: str, weights: str | None = None, precision: 
     config = load_config(checkpoint_dir)
     weights_path = find_weights(checkpoint_dir, weights)
     model = build_model(config, precision or "float32")
+    load_weights(model, weights_path, model.load_weights, os.path.join(checkpoint_dir, CONFIG_FILENAME))
+    return model
+
+
+def load_weights(model, weights_path: str, load, described_by: str) -> None:
+    """Calls load(weights_path) (model.load_weights, or a model's own warm_start) with clear errors.
+
+    Raises: ValueError naming the file and the model's architecture when the weights do not fit it (described_by:
+    the config.json the architecture comes from), or when the file cannot be read.
+    """
     try:
-        model.load_weights(weights_path)
+        load(weights_path)
     except ValueError as e:
         # Keras' message runs to many lines; its first two say what did not load and why.
         detail = " ".join([line.strip() for line in str(e).splitlines() if line.strip()][:2]) or type(e).__name__
-        raise ValueError(
-            f"weights {weights_path!r} do not match the architecture of "
-            f"{os.path.join(checkpoint_dir, CONFIG_FILENAME)!r} ({_architecture(config)}): {detail}") from None
+        raise ValueError(f"weights {weights_path!r} do not match the architecture of {described_by!r} "
+                         f"({_architecture(model.config)}): {detail}") from None
     except OSError as e:  # h5py: a truncated or damaged file, which names neither itself nor the problem's cause
         raise ValueError(f"weights {weights_path!r} cannot be read (damaged or incomplete?): {e}") from None
-    return model

@@ -105,6 +105,7 @@ class InfusionConfig(ModelConfig):
     patience: int | None = None  # stop after this many epochs without a better validation bound; None: never
     precision: str = "float32"  # float32 | mixed_bfloat16 (densities stay float32) | auto: bfloat16 where the hardware has the units
     seed: int = 0
+    init_from: str | None = None  # warm start from this run or pretrained folder's weights (best, else last), fresh optimizer
     # --- outputs
     sample_every: int = 5  # write sample and chain PNGs after epoch 1 and every this many epochs
     sampling_steps: int = 30  # the paper samples 30 steps from a 15-step model (Section 4.2)

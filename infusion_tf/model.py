@@ -98,6 +98,15 @@ class InfusionModel(keras.Model):
         layers = f"{c.depth} x {c.width}" if c.operator == "mlp" else f"width {c.width}"
         return f"{c.operator} operator ({layers}), T = {c.num_steps} steps, {schedule}"
 
+    def warm_start(self, weights_path: str) -> None:
+        """Starts training from another run's weights (operator, prior, batch-norm statistics), keeping this config's
+        schedules alpha and eta and a fresh random stream. Raises: ValueError when the shapes differ."""
+        alpha, eta = self.alpha.numpy(), self.eta.numpy()
+        self.load_weights(weights_path)
+        self.alpha.assign(alpha)
+        self.eta.assign(eta)
+        self.rng_counter.assign(0)
+
     def get_config(self):
         return {"config": self.config.to_dict(), "name": self.name}
 

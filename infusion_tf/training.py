@@ -171,11 +171,31 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86_400:.1f} days"
 
 
+def warm_start(model, folder: str | None) -> None:
+    """Loads the weights of a run or pretrained folder (best, else last) into a new model (config.init_from): the
+    model's own warm_start where it has one (the infusion model keeps its new schedules), else load_weights.
+    Raises: FileNotFoundError naming a missing folder or weights; ValueError when they do not fit the model."""
+    if folder is None:
+        return
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--init-from: folder {folder!r} does not exist")
+    weights = checkpoint.find_weights(folder)
+    load = model.warm_start if callable(getattr(model, "warm_start", None)) else model.load_weights
+    # A weights file of a compiled model carries its optimizer's state (step count, learning rate, moments):
+    # put back this run's fresh optimizer, learning rate included.
+    fresh = [np.array(v) for v in model.optimizer.variables] if model.optimizer is not None else []
+    checkpoint.load_weights(model, weights, load, os.path.join(folder, "config.json"))
+    for variable, value in zip(model.optimizer.variables if fresh else [], fresh):
+        variable.assign(value)
+
+
 def describe_run(config, splits: data_lib.Splits, model, output_dir: str, progress: Progress) -> list[str]:
     """The header a run prints before training: data, model (its own `describe()` where it has one), optimization,
     where it writes, how to stop."""
     shape = "x".join(str(s) for s in config.example_shape)
     start = "starting" if progress.epoch == 0 else f"resuming after epoch {progress.epoch}"
+    if progress.epoch == 0 and getattr(config, "init_from", None):
+        start = f"starting from the weights of {config.init_from} with a fresh optimizer"
     steps = len(splits.train) // config.batch_size
     what = model.describe() if callable(getattr(model, "describe", None)) else f"{config.model} model"
     optimization = ", ".join(part for part in (
@@ -248,13 +268,14 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
     # make_train_dataset drops the last partial batch; it also rejects a set smaller than one batch.
     steps_per_epoch = max(1, len(splits.train) // config.batch_size)
     resumed = resume_model(paths, config, steps_per_epoch) if resume else None
+    if resumed is None:
+        model, progress = build_model(config, splits.train), Progress()
+        warm_start(model, getattr(config, "init_from", None))  # a source that does not fit fails before any write
     if resume:
         update_output_dir(output_dir, config, source)  # a resumed run may change RESUMABLE_FIELDS
     else:
         create_output_dir(output_dir, config, overwrite=overwrite, data_source=source)
-    if resumed is None:
-        model, progress = build_model(config, splits.train), Progress()
-    else:
+    if resumed is not None:
         model, progress = resumed
         repair_run_folder(paths, model, progress)
     finished = progress.epoch >= config.epochs or (

@@ -379,3 +379,43 @@ def test_lower_bound_objective_trains_with_finite_values(tmp_path):
     rows = read_log(run)
     assert len(rows) == 1 and all(math.isfinite(rows[0][key]) for key in LOG_COLUMNS), rows
     assert read_state(run)["epoch"] == 1
+
+
+# --- warm start
+
+
+def test_init_from_starts_from_another_runs_weights_with_a_fresh_optimizer(mnist_run, tmp_path):
+    """--init-from: the new run's model before its first step holds the source's best weights (operator, prior and
+    batch-norm statistics), its own schedules and a fresh random stream; config.json records the source."""
+    from infusion_tf import run_folder, training
+    from infusion_tf.checkpoint import load_checkpoint
+    from infusion_tf.config import PRESETS
+
+    config = dataclasses.replace(PRESETS["mnist"], epochs=1, omega=0.02, learning_rate=5e-4, init_from=str(mnist_run),
+                                 **TINY)
+    splits = run_folder.training_splits(config, run_folder.load_run_data(config)[0])
+    model = training.build_model(config, splits.train)
+    training.warm_start(model, config.init_from)
+    source = load_checkpoint(str(mnist_run))
+    for mine, theirs in zip(model.weights, source.weights):
+        if mine.path.endswith(("alpha", "eta", "rng_counter")):
+            continue
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs), err_msg=mine.path)
+    np.testing.assert_allclose(np.asarray(model.alpha), 0.02 * np.arange(3), atol=1e-7)  # this run's omega
+    assert int(model.rng_counter.numpy()) == 0 and int(model.optimizer.iterations.numpy()) == 0
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(config.learning_rate)
+    assert all(not np.any(np.asarray(v)) for v in model.optimizer.variables if "moment" in v.path or "veloc" in v.path)
+    run = tmp_path / "warm"
+    result = run_train(*TINY_FLAGS, "--epochs", 1, "--init-from", mnist_run, "--output-dir", run)
+    assert_ok(result)
+    assert json.loads((run / "config.json").read_text())["init_from"] == str(mnist_run)
+
+
+def test_init_from_another_architecture_is_refused_and_writes_nothing(mnist_run, tmp_path):
+    flags = [arg if arg != "32" else "48" for arg in TINY_FLAGS]  # --width 48: other shapes
+    result = run_train(*flags, "--epochs", 1, "--init-from", mnist_run, "--output-dir", tmp_path / "warm")
+    assert_usage_error(result, "do not match the architecture", "width=48")
+    assert not (tmp_path / "warm").exists()
+    assert_usage_error(run_train(*TINY_FLAGS, "--init-from", tmp_path / "nowhere", "--output-dir", tmp_path / "w2"),
+                       "--init-from", "does not exist")
+    assert not (tmp_path / "w2").exists()
