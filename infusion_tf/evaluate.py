@@ -279,14 +279,13 @@ def _recorded_settings(settings: EvalSettings) -> dict:
             for name, value in dataclasses.asdict(settings).items()}
 
 
-def _check_inputs(config, settings: EvalSettings, output: str) -> None:
-    """Checks what would otherwise fail after the batch-norm recomputation: that `output` can be written and
-    that sample quality has images and a trained classifier for them (quality.require_classifier).
+def _check_inputs(config, spec: Estimator, output: str) -> None:
+    """Checks what would otherwise fail after the batch-norm recomputation: that `output` can be written and the
+    estimator's own check (sample quality: images and a trained classifier for them, quality.require_classifier).
     Raises: ValueError or OSError naming the problem; creates nothing."""
     check_output_folder(os.path.dirname(os.path.abspath(output)))
     if os.path.isdir(output):
         raise IsADirectoryError(f"--output {output!r} is a folder; give the results file's name")
-    spec = ESTIMATORS.get(settings.estimator)
     if spec.check is not None:
         spec.check(config)
 
@@ -395,7 +394,7 @@ def evaluate(settings: EvalSettings) -> dict:
     spec = ESTIMATORS.get(settings.estimator)
     if spec.needs is not None:
         protocol.require(model, spec.needs, f"the {spec.name} estimator")
-    _check_inputs(config, settings, output)  # what would fail after minutes of work fails now
+    _check_inputs(config, spec, output)  # what would fail after minutes of work fails now
     splits, source = load_run_data(config, settings.checkpoint, settings.data_dir)  # the run's own data
     train = training_splits(config, splits).train
     os.makedirs(folder, exist_ok=True)  # once the inputs are known to be good, before the work
