@@ -173,13 +173,16 @@ def _step_terms(x, z_tilde, draw_mean, draw_variance, mean, variance, alpha_t, d
 
 def infusion_chain(operator: Operator, x, prior_mean, prior_variance, alpha, delta_variance: float,
                    seed: tf.Tensor, *, use_batch_statistics: bool = True, update_statistics: bool = False,
-                   stop_gradient: bool = True) -> ChainTerms:
+                   stop_gradient: bool = True, score_draws: bool = True) -> ChainTerms:
     """Runs the infusion chain q(z~(0..T-1) | x) and scores it under p (Sections 2.3.1, 2.3.2, 2.4).
 
     x: float32 [B, ...]; alpha: [T], alpha(t) for t = 0 .. T-1; T = len(alpha) is static, so the loop
     unrolls into one graph. Each transition is one call of the operator, whose output serves both as
     p(t)'s density and as q(t)'s model component. `stop_gradient=True` is the denoising procedure (no
     gradient through the chain's samples); False reparametrizes them (lower-bound procedure, Sec. 2.4.1).
+    `score_draws=False` skips the densities of the draws under p(t) and q(t), which only the bound needs: the
+    denoising objective's gradient needs the draws and log p(t)(x | z~(t-1)) alone (log_p_chain and log_q_chain
+    are then None).
     Returns: ChainTerms, each [T, B].
     """
     num_steps = int(alpha.shape[0])
@@ -189,6 +192,9 @@ def infusion_chain(operator: Operator, x, prior_mean, prior_variance, alpha, del
     last = operator(draws[-1][0], step=num_steps - 1, use_batch_statistics=use_batch_statistics,
                     update_statistics=update_statistics)  # p(T)(. | z~(T-1)): only the last denoising term
     transitions = [(mean, variance) for _, mean, variance in draws[1:]] + [last]  # p(t+1)(. | z~(t))
+    if not score_draws:
+        log_p_target = tf.stack([_sum_dims(gaussian_log_prob(x, mean, variance)) for mean, variance in transitions])
+        return ChainTerms(log_p_target, None, None, _sum_dims(tf.square(x - last[0])))
     per_step = [_step_terms(x, z_tilde, draw_mean, draw_variance, mean, variance, alpha[t], delta_variance)
                 for t, ((z_tilde, draw_mean, draw_variance), (mean, variance)) in enumerate(zip(draws, transitions))]
     log_p_target, log_p_chain, log_q_chain = (tf.stack(terms) for terms in zip(*per_step))  # [T, B] each

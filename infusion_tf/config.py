@@ -98,6 +98,7 @@ class InfusionConfig(ModelConfig):
     # --- objective (Sections 2.3.2 and 2.4.1)
     objective: str = "denoising"  # denoising: target x | lower_bound: target z~(t), reparametrized
     eta0: float = 1.0  # eta(t) = eta0 * t / T weighs step t of the denoising objective (footnote 3)
+    train_bound: bool = True  # the lower bound of each training batch (progress bar, log.csv); --no-train-bound skips its density work in the denoising step (validation still computes it)
     # --- optimization
     batch_size: int = 100
     learning_rate: float = 1e-3  # Adam

@@ -146,12 +146,13 @@ class InfusionModel(keras.Model):
         return tf.cast(data[0] if isinstance(data, (tuple, list)) else data, tf.float32)
 
     # ---------------------------------------------------------------------------------- the objective
-    def chain_terms(self, x, seed, *, use_batch_statistics=True, update_statistics=False, stop_gradient=True):
+    def chain_terms(self, x, seed, *, use_batch_statistics=True, update_statistics=False, stop_gradient=True,
+                    score_draws=True):
         """Infusion chain q(z~ | x) scored under p: see `chains.infusion_chain`. x: [B, ...] -> [T, B] terms."""
         return chains.infusion_chain(
             self.operator, x, self.prior_mean, self.prior_variance, self.alpha, self.config.delta_variance,
             seed, use_batch_statistics=use_batch_statistics, update_statistics=update_statistics,
-            stop_gradient=stop_gradient)
+            stop_gradient=stop_gradient, score_draws=score_draws)
 
     def objective(self, terms: chains.ChainTerms) -> tf.Tensor:
         """Per-example loss to minimize, float32 [B]: the registered objective config.objective (see below)."""
@@ -170,6 +171,8 @@ class InfusionModel(keras.Model):
         x = self._images(data)
         seed = self._next_seed()
         denoising = not OBJECTIVES.get(self.config.objective).reparametrized  # no gradient through the draws
+        # Without the training-batch bound, the denoising gradient needs only the draws and log p(t)(x | z~(t-1)).
+        skip_bound = denoising and not self.config.train_bound and not self.score_steps_together
         together = denoising and self.score_steps_together
         if together:
             # No gradient flows through the chain's draws (Section 2.3.2), so they can be drawn first, outside
@@ -182,7 +185,7 @@ class InfusionModel(keras.Model):
                                                     self.alpha, self.config.delta_variance, update_statistics=True)
             else:
                 terms = self.chain_terms(x, seed, use_batch_statistics=True, update_statistics=True,
-                                         stop_gradient=denoising)
+                                         stop_gradient=denoising, score_draws=not skip_bound)
             per_example = self.objective(terms)  # [B]
             # Mean over the global batch: each replica holds 1 / num_replicas of it, and the optimizer
             # sums the replicas' gradients.
@@ -190,6 +193,9 @@ class InfusionModel(keras.Model):
             loss = tf.reduce_mean(per_example) / replicas
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
+        if skip_bound:  # the progress bar and log.csv show the loss; the bound is validation's (val_lower_bound)
+            self.loss_tracker.update_state(per_example)
+            return {"loss": self.loss_tracker.result()}
         return self._update_metrics(per_example, terms)
 
     def test_step(self, data):

@@ -365,3 +365,26 @@ def test_mixed_bfloat16_trains_and_round_trips(tmp_path, mnist_images):
     assert loaded.operator.dense[0].kernel.dtype == "float32"
     for a, b in zip(model.weights, loaded.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_without_the_training_bound_the_denoising_update_is_the_same(mnist_images):
+    """--no-train-bound skips the draws' densities (issue 14): the loss, the update and the batch-norm statistics
+    are those of the default step; only the training-batch lower bound is not reported."""
+    x = tf.constant(mnist_images[:32])
+    with_bound, without = _model(mnist_images), _model(mnist_images, train_bound=False)
+    without.set_weights(with_bound.get_weights())
+    logs = [tf.function(m.train_step)(x) for m in (with_bound, without)]
+    assert "lower_bound" in logs[0] and set(logs[1]) == {"loss"}
+    np.testing.assert_allclose(float(logs[1]["loss"]), float(logs[0]["loss"]), rtol=1e-6)
+    for a, b in zip(with_bound.weights, without.weights):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7, err_msg=a.path)
+
+
+def test_chain_without_draw_scores_has_the_same_denoising_terms(mnist_images):
+    model = _model(mnist_images)
+    x = tf.constant(mnist_images[:16])
+    full = model.chain_terms(x, _seed(3), use_batch_statistics=False)
+    lean = model.chain_terms(x, _seed(3), use_batch_statistics=False, score_draws=False)
+    assert lean.log_p_chain is None and lean.log_q_chain is None
+    np.testing.assert_array_equal(lean.log_p_target.numpy(), full.log_p_target.numpy())
+    np.testing.assert_array_equal(lean.final_squared_error.numpy(), full.final_squared_error.numpy())
