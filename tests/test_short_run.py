@@ -136,3 +136,23 @@ def test_the_training_command_trains_the_model(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "short_run_ot" and config["ot_correction"] is False and config["langevin_steps"] == 2
     assert (run / "checkpoints" / "last.keras").is_file() and (run / "saved_model" / "saved_model.pb").is_file()
+
+
+def test_log_weights_are_nats_of_x_on_the_unit_scale():
+    """log p(x | z) of the model equals log N(x; (G(z) + 1) / 2, (sigma / 2)^2 I), computed with scipy, for the same z."""
+    config = short_run.ShortRunConfig(proposal_chains=2, proposal_steps=4)
+    model = short_run.ShortRunModel(config)
+    x = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float32)
+    seed = tf.constant([5, 6], tf.int32)
+    per_step = model.log_weights(tf.constant(x), 4, seed).per_step.numpy()  # [2, 3, 4]
+    _, mean, var = model.infer(tf.constant(x), seed, 2, 4, config.proposal_step_size)
+    center, variance = short_run.fit_gaussian_proposal(tf.reshape(mean, [3, 2, 30]), tf.reshape(var, [3, 2, 30]),
+                                                       config.proposal_widen)
+    eps = tf.random.stateless_normal([3, 4, 30], tf.random.experimental.stateless_fold_in(seed, 3))
+    z = (center[:, None] + tf.sqrt(variance)[:, None] * eps).numpy().reshape(12, 30)
+    means = (model.generator(z, training=False).numpy().reshape(3, 4, -1) + 1.0) / 2.0
+    expected = stats.norm.logpdf(x.reshape(3, 1, -1), means, config.sigma / 2).sum(-1)  # [3, 4]
+    np.testing.assert_allclose(per_step[1], expected, rtol=1e-4)
+    prior_minus_q = stats.norm.logpdf(z).sum(-1).reshape(3, 4) - stats.norm.logpdf(
+        eps.numpy(), 0, 1).sum(-1) + 0.5 * np.log(variance.numpy()).sum(-1)[:, None]
+    np.testing.assert_allclose(per_step[0], prior_minus_q, rtol=1e-4, atol=1e-3)
