@@ -154,13 +154,13 @@ def _chain_estimate(model, x, settings: EvalSettings, per_example_values, varian
     return result
 
 
-@_estimator("lower_bound", default_k=10)
+@_estimator("lower_bound", default_k=10, needs="likelihood")
 def lower_bound(model, inputs: EvalInputs, settings: EvalSettings) -> dict:
     """Eq. 3: mean_j l_j over k proposals per example."""
     return _chain_estimate(model, inputs.x, settings, lambda stats: stats.lower_bound())
 
 
-@_estimator("importance_sampling", default_k=1000)
+@_estimator("importance_sampling", default_k=1000, needs="likelihood")
 def importance_sampling(model, inputs: EvalInputs, settings: EvalSettings) -> dict:
     """Eq. 2 with footnote 4: logsumexp_j l_j - log k."""
     return _chain_estimate(model, inputs.x, settings, lambda stats: stats.importance_sampling())

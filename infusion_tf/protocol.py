@@ -20,6 +20,8 @@ Required
     fit_prior(train_array)          optional set-up from the training set before the first step (may do nothing)
 
 Optional capabilities, discovered with `capabilities(model)`, never assumed:
+    "likelihood"    log_weights above; a sample-only model (a GAN, a score-based sampler) leaves it out, and
+                    eval/run.py refuses its lower bound and importance sampling with one error line
     "inpaint"       inpaint(images, mask, num_steps=None, seed=None) -> [B, *example_shape]: clamps mask = 1
     "chain"         sample(n, num_steps, seed, return_chain=True) -> (samples, [steps + 1, n, ...])
     "batch_norm"    step_batch_norms() -> the layers whose statistics can be recomputed over the training set
@@ -59,17 +61,21 @@ class GenerativeModel(Protocol):
     def fit_prior(self, train_array) -> None: ...
 
 
-CAPABILITIES = ("inpaint", "chain", "batch_norm", "isotropic")
+CAPABILITIES = ("likelihood", "inpaint", "chain", "batch_norm", "isotropic")
 
 
 def capabilities(model) -> frozenset[str]:
-    """The optional capabilities a model has: the ones its class declares in `capabilities` and implements."""
+    """The optional capabilities a model has: the ones its class declares in `capabilities` and implements, and
+    "likelihood" wherever it has `log_weights` (a sample-only model, e.g. a GAN, has none: the chain estimators
+    refuse it instead of reading made-up weights)."""
     declared = frozenset(getattr(model, "capabilities", ()))
+    if callable(getattr(model, "log_weights", None)):
+        declared |= {"likelihood"}
     unknown = declared - set(CAPABILITIES)
     if unknown:
         raise ValueError(f"{type(model).__name__} declares unknown capabilities {sorted(unknown)}; "
                          f"known: {list(CAPABILITIES)}")
-    needs = {"inpaint": "inpaint", "batch_norm": "step_batch_norms"}
+    needs = {"inpaint": "inpaint", "batch_norm": "step_batch_norms", "isotropic": "log_weights"}
     missing = [c for c in declared if c in needs and not callable(getattr(model, needs[c], None))]
     if missing:
         raise ValueError(f"{type(model).__name__} declares {missing} but has no {[needs[c] for c in missing]}")

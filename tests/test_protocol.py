@@ -138,7 +138,7 @@ def test_registries_list_builtins_without_importing_and_refuse_unknown_names():
 def test_capabilities_are_discovered():
     from infusion_tf.model import InfusionModel
 
-    assert protocol.capabilities(GaussianLatentModel(GaussianLatentConfig())) == frozenset()
+    assert protocol.capabilities(GaussianLatentModel(GaussianLatentConfig())) == {"likelihood"}
     assert protocol.capabilities(InfusionModel.__new__(InfusionModel)) >= {"inpaint", "chain", "batch_norm"}
     with pytest.raises(ValueError, match="the isotropic estimator needs the 'isotropic' capability"):
         protocol.require(GaussianLatentModel(GaussianLatentConfig()), "isotropic", "the isotropic estimator")
@@ -213,3 +213,19 @@ def test_the_training_command_trains_resumes_and_exports_any_registered_model(tm
     assert tf.saved_model.load(str(run / "saved_model")).signatures["sample"] is not None
     result = run_eval(str(run), "--estimator", "lower_bound", "--k", "4", "--repeats", "1")
     assert math.isfinite(result["mean_nats"]) and result["settings"]["config"]["model"] == NAME
+
+
+def test_a_sample_only_model_has_no_likelihood_and_the_chain_estimators_refuse_it():
+    class SampleOnly:
+        config = GaussianLatentConfig()
+        capabilities = ()
+
+        def sample(self, num_samples, num_steps=None, seed=None):
+            return tf.zeros([num_samples, 2])
+
+    assert protocol.capabilities(SampleOnly()) == frozenset()
+    assert "likelihood" in protocol.capabilities(GaussianLatentModel(GaussianLatentConfig()))
+    for name in ("lower_bound", "importance_sampling"):
+        assert registry.ESTIMATORS.get(name).needs == "likelihood"
+    with pytest.raises(ValueError, match="needs the 'likelihood' capability"):
+        protocol.require(SampleOnly(), "likelihood", "the lower_bound estimator")
