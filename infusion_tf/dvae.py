@@ -149,6 +149,7 @@ class DVAEModel(keras.Model):
     """The directed-prior discrete VAE of Table 1 (see the module docstring); implements protocol.GenerativeModel."""
 
     capabilities = ()  # no inpainting, chain, batch norm or isotropic rescoring
+    quantized_8bit = False  # log-probabilities of binary images: bits per dim are -log p / (d log 2)
 
     def __init__(self, config: DVAEConfig, **kwargs):
         super().__init__(**kwargs)

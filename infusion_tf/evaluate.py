@@ -412,7 +412,8 @@ def evaluate(settings: EvalSettings) -> dict:
     result = spec.run(model, EvalInputs(x, x_validation, train, folder), settings)
     result = {"estimator": settings.estimator, **result}
     if result.get("mean_nats") is not None:
-        quantized = config.dequantize or len(config.example_shape) == 3
+        # 8-bit pixels dequantized into [0, 1] add d log 256; a model of other data (binary images) says so.
+        quantized = getattr(model, "quantized_8bit", config.dequantize or len(config.example_shape) == 3)
         result["bits_per_dim"] = estimators.bits_per_dim(result["mean_nats"], config.num_dims, quantized)
     result["batch_norm"] = batch_norm
     result["dequantize"] = {"used": dequantize, "from": "run" if settings.dequantize is None else "flag"}
