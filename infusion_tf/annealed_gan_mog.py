@@ -10,7 +10,6 @@ samples beside that of an independent exact set; with command, commit, CPU and w
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -18,6 +17,9 @@ import sys
 import time
 
 import numpy as np
+
+from infusion_tf.console import parse_settings
+from infusion_tf.files import write_json
 
 __all__ = ["GanMogSettings", "mode_statistics", "run", "main"]
 
@@ -72,7 +74,6 @@ def run(s: GanMogSettings, output_dir: str) -> dict:
 
     start = time.time()
     os.makedirs(output_dir, exist_ok=True)
-    commit = provenance.git("rev-parse", "--short", "HEAD")  # the code this run started with
     train = data.toy_to_raw(_NAME, data.toy_samples(_NAME, 50_000, 0)).astype(np.float32)
     exact = data.toy_to_raw(_NAME, data.toy_samples(_NAME, s.num_samples, 1))
     other = data.toy_to_raw(_NAME, data.toy_samples(_NAME, s.num_samples, 2))
@@ -84,16 +85,14 @@ def run(s: GanMogSettings, output_dir: str) -> dict:
             samples[f"seed{seed}_lambda{lambda0:g}"] = x
             runs.append({"seed": seed, "lambda0": lambda0, "energy_distance": energy_distance(x, exact),
                          "wall_s": time.time() - t0, **mode_statistics(x)})
-    cpu, _ = provenance.cpu_model()
     results = {"settings": dataclasses.asdict(s), "runs": runs,
                "exact_vs_exact": {"energy_distance": energy_distance(other, exact), **mode_statistics(other)},
                "command": "python -m infusion_tf.annealed_gan_mog " + " ".join(sys.argv[1:]),
-               "commit": commit, "cpu": cpu,
-               "load_average": list(os.getloadavg()), "wall_s": time.time() - start}
+               "environment": provenance.environment(),  # the commit this process started with, CPU, cores, load
+               "wall_s": time.time() - start}
     _figure(os.path.join(output_dir, "gan_mog.png"), samples, exact)
     np.savez(os.path.join(output_dir, "samples.npz"), exact=exact, **samples)
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write_json(os.path.join(output_dir, "results.json"), results, indent=1)
     return results
 
 
@@ -116,13 +115,9 @@ def _figure(path: str, samples: dict, exact: np.ndarray) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", required=True)
-    for field in dataclasses.fields(GanMogSettings):
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
-    args = parser.parse_args(argv)
-    settings = GanMogSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GanMogSettings)})
-    results = run(settings, args.output_dir)
+    settings, output_dir = parse_settings(GanMogSettings, argv, __doc__.split("\n\n")[0],
+                                          prog="python -m infusion_tf.annealed_gan_mog")
+    results = run(settings, output_dir)
     print(json.dumps(results["runs"], indent=1))
     return 0
 

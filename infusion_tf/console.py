@@ -89,3 +89,19 @@ def field_help(cls: type) -> dict[str, str]:
     source = inspect.getsource(cls)
     return {m.group(1): m.group(2).strip()
             for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.*)$", source, flags=re.MULTILINE)}
+
+
+def parse_settings(settings_class: type, argv: list[str] | None, description: str, prog: str | None = None):
+    """(settings, output_dir) of an experiment command: --output-dir and one flag per field of a frozen settings
+    dataclass of numbers and strings (the field's comment is its help). Usage errors: one `error:` line, exit 2."""
+    import dataclasses
+
+    parser = OneLineErrorParser(prog=prog, description=description)
+    parser.add_argument("--output-dir", required=True, help="folder of results.json and the figures")
+    helps = field_help(settings_class)
+    for field in dataclasses.fields(settings_class):
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
+                            help=f"{helps.get(field.name, field.name.replace('_', ' '))} (default {field.default})")
+    args = parser.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)}
+    return settings_class(**values), args.output_dir

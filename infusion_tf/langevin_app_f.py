@@ -12,7 +12,6 @@ command, commit, CPU, wall time), samples.npz and app_f_banana.png.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -20,6 +19,9 @@ import sys
 import time
 
 import numpy as np
+
+from infusion_tf.console import parse_settings
+from infusion_tf.files import write_json
 
 __all__ = ["AppFSettings", "run_app_f", "main"]
 
@@ -93,12 +95,10 @@ def run_app_f(settings: AppFSettings, output_dir: str) -> dict:
     import tensorflow as tf
 
     from infusion_tf import provenance, score, toy_densities
-    from infusion_tf.energy_distance import energy_distance
 
     start = time.time()
     os.makedirs(output_dir, exist_ok=True)
     s = settings
-    commit = provenance.git("rev-parse", "--short", "HEAD")  # the code this run started with
     train = toy_densities.banana_samples(s.train_examples, s.seed).astype(np.float32)
     exact_a = toy_densities.banana_samples(s.num_chains, s.seed + 1)
     exact_b = toy_densities.banana_samples(s.num_chains, s.seed + 2)
@@ -125,7 +125,6 @@ def run_app_f(settings: AppFSettings, output_dir: str) -> dict:
     samples = {name: score.langevin_sample(fn, x0, s.step_size, s.num_steps, seed=s.seed).numpy()
                for name, fn in scores.items()}
 
-    cpu, _ = provenance.cpu_model()
     results = {
         "settings": dataclasses.asdict(s),
         "dae_final_loss": float(history.history["loss"][-1]),
@@ -135,26 +134,20 @@ def run_app_f(settings: AppFSettings, output_dir: str) -> dict:
         "samplers": {name: _summary(x, exact_a) for name, x in samples.items()},
         "exact_moments": {"mean": exact_a.mean(axis=0).tolist(), "std": exact_a.std(axis=0).tolist()},
         "command": "python -m infusion_tf.langevin_app_f " + " ".join(sys.argv[1:]),
-        "commit": commit,
-        "cpu": cpu, "threads": os.cpu_count(), "load_average": list(os.getloadavg()),
+        "environment": provenance.environment(),  # the commit this process started with, CPU, cores, load
         "wall_s": {"train_dae": trained - start, "total": time.time() - start},
     }
     _figure(os.path.join(output_dir, "app_f_banana.png"), {"exact samples": exact_b, **samples}, exact_a)
     np.savez(os.path.join(output_dir, "samples.npz"), exact=exact_a, start=x0,
              **{name.replace(" ", "_"): x for name, x in samples.items()})
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write_json(os.path.join(output_dir, "results.json"), results, indent=1)
     return results
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", required=True)
-    for field in dataclasses.fields(AppFSettings):
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
-    args = parser.parse_args(argv)
-    settings = AppFSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AppFSettings)})
-    results = run_app_f(settings, args.output_dir)
+    settings, output_dir = parse_settings(AppFSettings, argv, __doc__.split("\n\n")[0],
+                                          prog="python -m infusion_tf.langevin_app_f")
+    results = run_app_f(settings, output_dir)
     print(json.dumps({k: results[k] for k in ("exact_vs_exact", "samplers", "residual_rescale", "wall_s")},
                      indent=1))
     return 0
