@@ -19,7 +19,8 @@ from infusion_tf.config import InfusionConfig
 from infusion_tf.console import BAD_INPUT, OneLineErrorParser, field_help, print_error, quiet_tensorflow_logs
 from infusion_tf.registry import MODEL_CONFIGS, MODELS
 
-__all__ = ["add_config_flags", "config_from_flags", "train_parser", "export_main", "train_main"]
+__all__ = ["add_config_flags", "config_from_flags", "default_output_dir", "model_config_class", "train_parser",
+           "export_main", "train_main"]
 
 # Fields set by other means: the dataset by --dataset, the example shape by the data.
 _NOT_FLAGS = ("model", "dataset", "example_shape")
@@ -50,6 +51,11 @@ def _given_flags(args: argparse.Namespace, config_class: type = InfusionConfig) 
             if f.name not in _NOT_FLAGS and getattr(args, f.name, None) is not None}
 
 
+def default_output_dir(dataset: str) -> str:
+    """The run folder when --output-dir is not given: runs/<dataset>."""
+    return f"runs/{dataset}"
+
+
 def model_config_class(argv: list[str] | None = None) -> type:
     """The config class of the model the command line trains: --model NAME, or with --resume the model that the
     run folder's config.json records (default: infusion). Raises: ValueError naming an unknown model."""
@@ -60,7 +66,7 @@ def model_config_class(argv: list[str] | None = None) -> type:
     known, _ = pre.parse_known_args(argv)
     name = known.model
     if name is None and known.resume:
-        folder = known.output_dir or f"runs/{known.dataset or 'mnist'}"
+        folder = known.output_dir or default_output_dir(known.dataset or "mnist")
         try:
             name = config_lib.load_config(folder).model
         except (OSError, ValueError):
@@ -122,7 +128,7 @@ def train_main(argv: list[str] | None = None) -> int:
     quiet_tensorflow_logs()
     dataset_given = args.dataset is not None
     args.dataset = args.dataset or "mnist"
-    output_dir = args.output_dir or f"runs/{args.dataset}"
+    output_dir = args.output_dir or default_output_dir(args.dataset)
     try:
         from infusion_tf import data as data_lib
         from infusion_tf import precision as precision_lib

@@ -75,7 +75,6 @@ class ChainScorer(LogWeightScorer):
 
     def __init__(self, operator, prior_mean, prior_variance, alpha, delta_variance: float, example_shape):
         alpha = tf.convert_to_tensor(alpha, tf.float32)
-        self.num_steps = int(alpha.shape[0])
 
         def log_weights(x, num_chains, seed):
             return chains.infusion_log_weights(operator, x, prior_mean, prior_variance, alpha, float(delta_variance),
