@@ -16,6 +16,8 @@ dequantized as the run trained (config.dequantize: uniform noise of 1/256 fixed 
 al. (2016)) unless --dequantize / --no-dequantize says otherwise. The data are the run's own, found where its
 data_source.json says (--data-dir only when they have moved; other data are refused).
 Results go to `<checkpoint>/results_<estimator>.json` (or --output), with the dequantization used and the data source.
+--model-setting NAME=VALUE (repeatable) sets a config field that the model marks as evaluation-only
+(its `evaluation_settings`, e.g. short_run_ot's proposal chains) for this evaluation; the results record it.
 """
 
 from __future__ import annotations
@@ -99,8 +101,10 @@ class EvalSettings:
     precision: str = "float32"  # float32 | mixed_bfloat16 (bfloat16 matrix products, float32 densities) | auto
     data_dir: str | None = None  # the data the run trained on, if it is not found as the run recorded it
     output: str | None = None  # results file; None: <checkpoint>/results_<estimator>.json
+    model_settings: tuple[str, ...] = ()  # NAME=VALUE for a field the model marks evaluation-only (repeatable)
 
     def __post_init__(self):
+        object.__setattr__(self, "model_settings", tuple(self.model_settings or ()))
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {list(ESTIMATORS.names())}")
         if self.split not in ("test", "train", "validation"):
@@ -387,7 +391,8 @@ def evaluate(settings: EvalSettings) -> dict:
     output = settings.output or os.path.join(settings.checkpoint, f"results_{settings.estimator}.json")
     precision, precision_why = resolve_precision(settings.precision)  # auto: bfloat16 where the hardware has units
     settings = dataclasses.replace(settings, precision=precision)  # results.json records what was chosen
-    model = load_checkpoint(settings.checkpoint, settings.weights, settings.precision)  # clear error first
+    model = load_checkpoint(settings.checkpoint, settings.weights, settings.precision,
+                            settings.model_settings)  # clear error first
     weights_path = find_weights(settings.checkpoint, settings.weights)
     folder = os.path.dirname(os.path.abspath(output))
     config = model.config
@@ -419,6 +424,9 @@ def evaluate(settings: EvalSettings) -> dict:
     result["dequantize"] = {"used": dequantize, "from": "run" if settings.dequantize is None else "flag"}
     result["data_source"] = {**source, "data_dir": provenance.portable_path(source["data_dir"])}
     result["settings"] = {**_recorded_settings(settings), "chains": settings.chains, "config": config.to_dict()}
+    # the evaluation-only fields set by --model-setting, as the model's config holds them (config: all fields)
+    result["model_settings"] = {name: getattr(config, name) for name in
+                                (s.partition("=")[0].strip() for s in settings.model_settings)}
     result["precision"] = {"used": precision, "why": precision_why}
     result["weights_sha256"] = provenance.file_sha256(weights_path)
     result["wall_seconds"] = time.time() - started
@@ -459,7 +467,7 @@ def eval_parser() -> argparse.ArgumentParser:
                                                                      f"(default lower_bound)")
     helps = field_help(EvalSettings)
     for field in dataclasses.fields(EvalSettings):
-        if field.name in ("checkpoint", "estimator"):
+        if field.name in ("checkpoint", "estimator", "model_settings"):
             continue
         flag = "--" + field.name.replace("_", "-")
         text = f"{helps.get(field.name, field.name.replace('_', ' '))} (default {field.default})"
@@ -468,6 +476,9 @@ def eval_parser() -> argparse.ArgumentParser:
         else:
             kind = int if "int" in str(field.type) else str
             parser.add_argument(flag, type=kind, default=field.default, help=text)
+    parser.add_argument("--model-setting", dest="model_settings", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a config field that the model marks as evaluation-only (e.g. short_run_ot's "
+                             "proposal_steps=400) for this evaluation; repeatable; recorded in the results")
     return parser
 
 

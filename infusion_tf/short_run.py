@@ -193,6 +193,8 @@ class ShortRunModel(keras.Model):
     """The generator of Table 1 trained by Algorithm 1 (module docstring); the toolkit's protocol (protocol.py)."""
 
     capabilities = ()  # no inpainting, no sampling chain, batch norm not recomputed, no isotropic rescoring
+    # config fields that change only how the model is evaluated (eval/run.py --model-setting NAME=VALUE)
+    evaluation_settings = ("proposal_chains", "proposal_steps", "proposal_step_size", "proposal_widen")
 
     def __init__(self, config: ShortRunConfig, **kwargs):
         super().__init__(**kwargs)
