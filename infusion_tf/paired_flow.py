@@ -1,0 +1,145 @@
+"""A sampler learned from an unnormalized density: a free-form generator paired with a MAF (Tao et al. 2019, App. G-H, I.2).
+
+Target mu(x) = u(x) / Z, known only through log u. The generator q (x = G(z), z ~ N(0, I), no density) should minimize
+the annealed reverse KL with the entropy temperature of App. B, beta_ent = 1 / (1 + lambda_t):
+
+    E_q[log q(x)] - beta_t E_q[log u(x)]      (= KL(q || mu_beta) up to constants, mu_beta ~ u^beta_t)
+
+whose gradient needs grad_x log q, which a free-form generator does not have. The paired flow nu (a MAF, `maf.py`)
+supplies it: each step nu is fitted to the generator's current samples by maximum likelihood (MAF's cheap direction,
+one pass per block), and the generator descends E_z[log nu(G(z)) - beta_t log u(G(z))] through x = G(z). Neither
+network is ever sampled from in training, which is App. G's point: sampling a MAF is D passes per block, so training
+the flow itself on KL(nu || mu) would back-propagate through its slow direction.
+
+`importance_diagnostics` reports, for samples x with a density log r(x) (nu's exact one, or nu standing in for q),
+log w = log u(x) - log r(x): the reverse KL log Z - mean log w (with the exact normalizer where there is one), the
+importance-sampling estimate of log Z, and the effective sample size (sum w)^2 / sum w^2 / n.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from infusion_tf import maf
+
+__all__ = ["banana_log_u", "kidney_log_u", "TOY_LOG_U", "PairedFlowSampler", "importance_diagnostics"]
+
+
+def banana_log_u(x: tf.Tensor) -> tf.Tensor:
+    """log u of the banana (App. F), TensorFlow: float [n, 2] -> [n] (toy_densities.banana_log_unnormalized)."""
+    x1, x2 = x[:, 0], x[:, 1]
+    return -0.5 * (x2**2 / 4 + (x1 - x2**2 / 4) ** 2)
+
+
+def kidney_log_u(x: tf.Tensor) -> tf.Tensor:
+    """log u of the kidney (App. I.2.1, the negated potential), TensorFlow: [n, 2] -> [n] (toy_densities')."""
+    s1 = (tf.norm(x, axis=-1) - 2.0) / 0.4
+    log_s2 = -0.5 * ((x[:, 0] - 2.0) / 0.6) ** 2
+    log_s3 = -0.5 * ((x[:, 0] + 2.0) / 0.6) ** 2
+    return -0.5 * s1**2 + tf.reduce_logsumexp(tf.stack([log_s2, log_s3]), axis=0)
+
+
+TOY_LOG_U = {"banana": banana_log_u, "kidney": kidney_log_u}
+
+
+def importance_diagnostics(log_u: np.ndarray, log_r: np.ndarray, log_z: float | None = None) -> dict:
+    """Importance weights w = u / r of n samples x ~ r: float [n] log u(x) and log r(x).
+
+    Returns reverse_kl = log Z - mean(log w) (None without log_z; KL(r || mu) >= 0 in expectation), log_z_estimate =
+    logsumexp(log w) - log n, ess_fraction = (sum w)^2 / (n sum w^2), and the number of non-finite weights dropped.
+    """
+    log_w = np.asarray(log_u, np.float64) - np.asarray(log_r, np.float64)
+    finite = np.isfinite(log_w)
+    log_w = log_w[finite]
+    n = len(log_w)
+    if n == 0:
+        raise ValueError("no finite importance weight")
+    lse = np.logaddexp.reduce(log_w)
+    return {"reverse_kl": None if log_z is None else float(log_z - log_w.mean()),
+            "reverse_kl_se": float(log_w.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
+            "log_z_estimate": float(lse - math.log(n)),
+            "ess_fraction": float(math.exp(2 * lse - np.logaddexp.reduce(2 * log_w)) / n),
+            "num_samples": n, "non_finite": int((~finite).sum())}
+
+
+class PairedFlowSampler:
+    """A generator G and a MAF nu trained against log u with beta_t = betas[t] (see the module docstring).
+
+    dim: dimension of x; log_u: float32 [n, dim] -> [n]; betas: float [num_steps] inverse temperatures in (0, 1]
+    (annealing.beta_ent of a lambda schedule; steps past the end use the last). App. I.2.2: 8 blocks of [512, 512].
+    """
+
+    def __init__(self, dim: int, log_u: Callable[[tf.Tensor], tf.Tensor], betas, *, blocks: int = 8,
+                 hidden=(512, 512), generator_width: int = 256, generator_depth: int = 3, batch_size: int = 256,
+                 learning_rate: float = 1e-3, flow_learning_rate: float = 1e-3, seed: int = 0):
+        betas = np.asarray(betas, np.float32).ravel()
+        if betas.size < 1 or np.any(betas <= 0) or np.any(betas > 1) or not np.all(np.isfinite(betas)):
+            raise ValueError("betas must be a non-empty schedule of inverse temperatures in (0, 1]")
+        if dim < 2 or blocks < 1 or batch_size < 2:
+            raise ValueError(f"need dim >= 2, blocks >= 1 and batch_size >= 2; got {dim}, {blocks}, {batch_size}")
+        keras.utils.set_random_seed(seed)
+        self.dim, self.log_u, self.batch_size, self.seed = int(dim), log_u, int(batch_size), int(seed)
+        self.betas = tf.constant(betas)
+        self.generator = keras.Sequential([keras.layers.Dense(generator_width, activation="relu")
+                                           for _ in range(generator_depth)] + [keras.layers.Dense(self.dim)])
+        self.generator.build((None, self.dim))
+        self.mades = [maf.MADE(self.dim, hidden) for _ in range(blocks)]
+        self.flow = maf.maf_distribution(self.mades, self.dim)
+        self.flow_variables = [v for m in self.mades for v in m.trainable_variables]
+        self.g_optimizer = keras.optimizers.Adam(learning_rate)
+        self.flow_optimizer = keras.optimizers.Adam(flow_learning_rate)
+        self.g_optimizer.build(self.generator.trainable_variables)
+        self.flow_optimizer.build(self.flow_variables)
+        self.step_count = tf.Variable(0, dtype=tf.int32, trainable=False)
+
+    def generate(self, num_samples: int, seed: int) -> tf.Tensor:
+        """float32 [n, dim] generator samples G(z), z ~ N(0, I) with a stateless seed."""
+        return self.generator(tf.random.stateless_normal([num_samples, self.dim], tf.constant([seed, 7], tf.int32)))
+
+    @tf.function
+    def train_step(self) -> dict:
+        """One flow update (maximum likelihood on G's samples) and one generator update; returns the step's numbers."""
+        t = self.step_count
+        beta = self.betas[tf.minimum(t, tf.shape(self.betas)[0] - 1)]
+        z = tf.random.stateless_normal([self.batch_size, self.dim], tf.stack([tf.constant(self.seed), t]))
+        with tf.GradientTape(persistent=True) as tape:
+            x = self.generator(z)  # [B, dim]
+            log_nu = self.flow.log_prob(x)  # [B]; nu's gradient reads x as data, G's reads nu as log q
+            log_u = self.log_u(x)
+            flow_nll = -tf.reduce_mean(log_nu)
+            g_loss = tf.reduce_mean(log_nu - beta * log_u)
+        self.flow_optimizer.apply(tape.gradient(flow_nll, self.flow_variables), self.flow_variables)
+        g_vars = self.generator.trainable_variables
+        self.g_optimizer.apply(tape.gradient(g_loss, g_vars), g_vars)
+        del tape
+        self.step_count.assign_add(1)
+        return {"flow_nll": flow_nll, "g_loss": g_loss, "beta": beta, "mean_log_u": tf.reduce_mean(log_u)}
+
+    def train(self, num_steps: int, log_every: int = 0, printer=print) -> list[dict]:
+        """Runs num_steps steps; every log_every steps (0: never) prints and records the step's numbers."""
+        history = []
+        for i in range(num_steps):
+            values = self.train_step()
+            if log_every and (i + 1) % log_every == 0:
+                row = {"step": int(self.step_count.numpy()), **{k: float(v) for k, v in values.items()}}
+                history.append(row)
+                printer(" ".join(f"{k} {v:.4g}" for k, v in row.items()))
+        return history
+
+    def flow_samples(self, num_samples: int, seed: int, chunk: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        """(x [n, dim], log nu(x) [n]) with x ~ nu: MAF sampling, D passes per block, in chunks."""
+        xs, lps = [], []
+        for i, start in enumerate(range(0, num_samples, chunk)):
+            x = self.flow.sample(min(chunk, num_samples - start), seed=tf.constant([seed, i], tf.int32))
+            xs.append(x.numpy())
+            lps.append(self.flow.log_prob(x).numpy())
+        return np.concatenate(xs), np.concatenate(lps)
+
+    def log_nu(self, x) -> np.ndarray:
+        """log nu at float [n, dim] points, float64 [n]."""
+        return self.flow.log_prob(tf.convert_to_tensor(x, tf.float32)).numpy().astype(np.float64)
