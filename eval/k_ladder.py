@@ -1,0 +1,134 @@
+"""The k ladder of importance sampling with effective sample sizes, from one set of k = K log-weights per example:
+`python eval/k_ladder.py --checkpoint DIR --num-examples 1000 --k 1000 --ladder 1,10,100,1000`.
+
+Any model with the `likelihood` capability. The evaluated points are those of `eval/run.py` with the same --seed
+(the split's first --num-examples, dequantized as the run trained, noise fixed by the seed); the log-weights come
+from the model's `log_weights` through the shared scorer (infusion_tf/k_ladder.py says how each rung reads them).
+Results go to <checkpoint>/results_k_ladder.json (or --output); the scored rows are kept in <output>.partial.npz
+while it runs, and a rerun with the same settings continues from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from infusion_tf.config import check_seed
+from infusion_tf.console import (BAD_INPUT, OneLineErrorParser, check_output_folder, field_help, print_error,
+                                 quiet_tensorflow_logs)
+
+__all__ = ["LadderSettings", "run", "main"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LadderSettings:
+    """Every setting of one ladder (the command's flags)."""
+
+    checkpoint: str = ""  # run folder (config.json + weights)
+    num_examples: int = 1000  # the first N examples of the split
+    k: int = 1000  # log-weights per example: the ladder's largest rung
+    ladder: str = "1,10,100,1000"  # rungs k, comma-separated, each <= --k
+    seed: int = 0  # dequantization noise (as eval/run.py's --seed) and proposals
+    split: str = "test"  # test | validation | train
+    examples_per_call: int = 8  # examples scored per call of log_weights (all k proposals of each at once)
+    model_settings: tuple[str, ...] = ()  # NAME=VALUE: evaluation-only config fields, as eval/run.py's --model-setting
+    output: str = ""  # results file; empty: <checkpoint>/results_k_ladder.json
+
+    def __post_init__(self):
+        if not self.checkpoint:
+            raise ValueError("--checkpoint is required")
+        if self.split not in ("test", "validation", "train"):
+            raise ValueError(f"split must be test, validation or train, got {self.split!r}")
+        for name in ("num_examples", "k", "examples_per_call"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        rungs = self.rungs
+        if not rungs or any(r < 1 or r > self.k for r in rungs):
+            raise ValueError(f"ladder must be comma-separated integers in [1, k = {self.k}], got {self.ladder!r}")
+        object.__setattr__(self, "model_settings", tuple(self.model_settings))
+        check_seed(self.seed)
+
+    @property
+    def rungs(self) -> list[int]:
+        try:
+            return [int(r) for r in self.ladder.split(",") if r.strip()]
+        except ValueError:
+            return []
+
+
+def run(settings: LadderSettings) -> dict:
+    from infusion_tf import data, estimators, files, k_ladder, protocol, provenance
+    from infusion_tf.checkpoint import find_weights, load_checkpoint
+    from infusion_tf.run_folder import load_run_data
+
+    started, cpu_started = time.time(), time.process_time()
+    output = settings.output or os.path.join(settings.checkpoint, "results_k_ladder.json")
+    check_output_folder(os.path.dirname(os.path.abspath(output)))
+    model = load_checkpoint(settings.checkpoint, model_settings=settings.model_settings)
+    protocol.require(model, "likelihood", "the k ladder")
+    splits, source = load_run_data(model.config, settings.checkpoint)
+    x = data.eval_points(getattr(splits, settings.split)[:settings.num_examples], seed=settings.seed,
+                         dequantize=model.config.dequantize)
+    partial = output + ".partial.npz"
+    key = json.dumps({**dataclasses.asdict(settings), "output": None,
+                      "weights_sha256": provenance.file_sha256(find_weights(settings.checkpoint))}, sort_keys=True)
+    done = None
+    if os.path.isfile(partial):
+        with np.load(partial) as saved:
+            if str(saved["key"]) == key:
+                done = saved["log_weights"]
+                print(f"continuing from {len(done)} scored examples in {partial}")
+
+    def save(rows):
+        files.atomic_write(partial, lambda tmp: np.savez(tmp, key=key, log_weights=rows))
+        print(f"{len(rows)}/{len(x)} examples, {time.time() - started:.0f} s", flush=True)
+
+    scorer = estimators.LogWeightScorer.from_model(model)
+    weights = k_ladder.log_weight_matrix(scorer, x, settings.k, settings.seed, settings.examples_per_call, done, save)
+    result = {"rungs": k_ladder.ladder(weights, settings.rungs), "settings": dataclasses.asdict(settings),
+              "config": model.config.to_dict(), "data_source": {**source, "data_dir":
+                                                                provenance.portable_path(source["data_dir"])},
+              "weights_sha256": provenance.file_sha256(find_weights(settings.checkpoint)),
+              "wall_seconds_this_process": time.time() - started,
+              "cpu_seconds_this_process": time.process_time() - cpu_started,
+              "resumed_from_examples": 0 if done is None else int(len(done)), "environment": provenance.environment()}
+    files.write_json(output, result)
+    os.remove(partial)
+    return {**result, "output": output}
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow_logs()
+    try:
+        settings = LadderSettings(**vars(_parser().parse_args(argv)))
+        result = run(settings)
+    except BAD_INPUT as e:
+        return print_error(e)
+    print(f"{'k':>6} {'IS (nats)':>12} {'+- se':>7} {'bound':>10} {'ESS mean':>9} {'median':>7}")
+    for r in result["rungs"]:
+        print(f"{r['k']:>6} {r['importance_sampling_nats']:>12.2f} {r['importance_sampling_standard_error']:>7.2f} "
+              f"{r['lower_bound_nats']:>10.2f} {r['ess_mean']:>9.2f} {r['ess_median']:>7.2f}")
+    print(f"written to {result['output']} ({result['wall_seconds_this_process']:.0f} s wall, "
+          f"{result['cpu_seconds_this_process']:.0f} s CPU)")
+    return 0
+
+
+def _parser() -> OneLineErrorParser:
+    parser = OneLineErrorParser(prog="eval/k_ladder.py", description=__doc__.split("\n\n")[0])
+    helps = field_help(LadderSettings)
+    for field in dataclasses.fields(LadderSettings):
+        if field.name != "model_settings":
+            parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
+                                help=f"{helps[field.name]} (default {field.default!r})")
+    parser.add_argument("--model-setting", dest="model_settings", action="append", default=[], metavar="NAME=VALUE",
+                        help=helps["model_settings"] + " (repeatable)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The k ladder of importance sampling from one set of log-weights, and the weights' effective sample size.
+
+`eval/run.py --estimator importance_sampling --k K` draws fresh proposals for every K, so a ladder of several K
+costs the sum of them, and for a model whose proposal is fitted per call (short_run_ot: Langevin chains per
+example) the fitting is repeated for every K. Here the k = K_max log-weights l_1 .. l_K of each example are kept
+([n, K] float64, from the model's `log_weights` through the same scorer as the shared estimators), and each rung
+k of the ladder reads the first k of them (nested prefixes, one proposal per example):
+
+    importance sampling  log (1/k) sum_{j<=k} exp(l_j)                       (Eq. 2 of the infusion paper)
+    lower bound          (1/k) sum_{j<=k} l_j                                (Eq. 3)
+    effective sample size  (sum_j w_j)^2 / sum_j w_j^2 = exp(2 lse(l) - lse(2 l)),  w_j = exp(l_j)   (Kong 1992)
+
+An ESS near 1 out of k says one proposal carries the estimate: the estimate is then a lower bound in expectation
+that has not converged (the proposal misses posterior mass), whatever its standard error over examples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["log_weight_matrix", "ladder"]
+
+
+def log_weight_matrix(scorer, x: np.ndarray, k: int, seed: int, examples_per_call: int = 8,
+                      done: np.ndarray | None = None, on_chunk=None) -> np.ndarray:
+    """Log-weights l_j = log p(x, z_j) - log q(z_j | x) of k proposals per example: float64 [n, k].
+
+    scorer: estimators.LogWeightScorer (any model of the protocol); x: float32 [n, ...]. The proposals of each
+    example come from one call (one fitted proposal); chunk c of examples_per_call examples uses the seed
+    [seed, c]. done: rows already scored ([m, k], m <= n, from an interrupted run with the same settings), kept;
+    on_chunk(rows_so_far [m', k]) is called after each chunk (for a partial save).
+    """
+    import tensorflow as tf
+
+    n = len(x)
+    rows = [np.asarray(done, np.float64)] if done is not None and len(done) else []
+    start = len(rows[0]) if rows else 0
+    for first in range(start, n, examples_per_call):
+        chunk = first // examples_per_call
+        per_step, _ = scorer(x[first:first + examples_per_call], k, tf.constant([seed, chunk], tf.int32))
+        rows.append(per_step.sum(axis=0))  # [b, k]
+        if on_chunk is not None:
+            on_chunk(np.concatenate(rows))
+    return np.concatenate(rows) if rows else np.zeros((0, k))
+
+
+def _logsumexp(values: np.ndarray) -> np.ndarray:
+    top = values.max(axis=1, keepdims=True)
+    return top[:, 0] + np.log(np.exp(values - top).sum(axis=1))
+
+
+def ladder(log_weights: np.ndarray, ks) -> list[dict]:
+    """One dict per k of `ks` (each <= log_weights.shape[1]) from the first k log-weights of each example:
+    importance sampling and lower bound (mean over examples, nats, with the standard error over examples) and the
+    effective sample size of the k weights (mean, median, minimum over examples)."""
+    log_weights = np.asarray(log_weights, np.float64)
+    n, available = log_weights.shape
+    rungs = []
+    for k in ks:
+        if not 1 <= k <= available:
+            raise ValueError(f"a rung k = {k} needs 1 <= k <= {available} (the log-weights per example)")
+        l = log_weights[:, :k]  # [n, k]
+        estimate = _logsumexp(l) - math.log(k)  # [n]
+        bound = l.mean(axis=1)
+        ess = np.exp(2.0 * _logsumexp(l) - _logsumexp(2.0 * l))  # [n], in [1, k]
+        se = (lambda v: float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"))
+        rungs.append({"k": int(k), "importance_sampling_nats": float(estimate.mean()),
+                      "importance_sampling_standard_error": se(estimate), "lower_bound_nats": float(bound.mean()),
+                      "lower_bound_standard_error": se(bound), "ess_mean": float(ess.mean()),
+                      "ess_median": float(np.median(ess)), "ess_min": float(ess.min()), "num_examples": int(n)})
+    return rungs
