@@ -18,6 +18,8 @@ Required
                                     float32 [n, *example_shape] samples (for Parzen, sample quality, figures
                                     and the SavedModel's `sample` signature)
     fit_prior(train_array)          optional set-up from the training set before the first step (may do nothing)
+    monitor (optional attribute)    (metric, "max" | "min"), the validation metric of the best epoch; default
+                                    ("lower_bound", "max"); a sample-only model names one it has (`monitor(model)`)
 
 Optional capabilities, discovered with `capabilities(model)`, never assumed:
     "likelihood"    log_weights above; a sample-only model (a GAN, a score-based sampler) leaves it out, and
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["LogWeights", "GenerativeModel", "CAPABILITIES", "capabilities", "require"]
+__all__ = ["LogWeights", "GenerativeModel", "CAPABILITIES", "capabilities", "monitor", "require"]
 
 
 class LogWeights(NamedTuple):
@@ -80,6 +82,16 @@ def capabilities(model) -> frozenset[str]:
     if missing:
         raise ValueError(f"{type(model).__name__} declares {missing} but has no {[needs[c] for c in missing]}")
     return declared
+
+
+def monitor(model) -> tuple[str, str]:
+    """(metric, "max" | "min"): the validation metric whose best epoch training keeps (best.weights.h5) and early
+    stopping counts from. A model declares it in the class attribute `monitor`; the default is the lower bound
+    ("lower_bound", "max"), which a sample-only model does not have (the annealed GAN monitors an energy distance)."""
+    metric, mode = getattr(model, "monitor", ("lower_bound", "max"))
+    if mode not in ("max", "min") or not isinstance(metric, str):
+        raise ValueError(f"{type(model).__name__}.monitor must be (metric name, 'max' or 'min'), got {(metric, mode)}")
+    return metric, mode
 
 
 def require(model, capability: str, what: str) -> None:

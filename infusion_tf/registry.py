@@ -72,9 +72,11 @@ def _qualified(entry) -> str:
 
 # Built-in entries: name -> the module that registers it. A new model adds one line to MODELS and MODEL_CONFIGS.
 MODELS = Registry("model", {"infusion": "infusion_tf.model",
+                              "annealed_gan": "infusion_tf.annealed_gan_model",
                               "dvae": "infusion_tf.dvae",
                               "short_run_ot": "infusion_tf.short_run"})
 MODEL_CONFIGS = Registry("model", {"infusion": "infusion_tf.config",  # name -> its config class
+                                    "annealed_gan": "infusion_tf.annealed_gan_model",
                                     "dvae": "infusion_tf.dvae",
                                     "short_run_ot": "infusion_tf.short_run"})
 OPERATORS = Registry("operator", {"mlp": "infusion_tf.networks", "conv": "infusion_tf.networks"})

@@ -73,7 +73,8 @@ class Progress:
     """Where a run stands after its last committed epoch; saved inside last.keras with the weights."""
 
     epoch: int = 0  # complete epochs
-    best_val_lower_bound: float = -math.inf  # best validation lower bound so far, nats per example
+    best_val_lower_bound: float = -math.inf  # best monitored validation score so far (protocol.monitor): the lower
+    # bound in nats per example; a metric to minimize (the annealed GAN's energy distance) is kept negated
     best_epoch: int = -1  # the (1-based) epoch that reached it; -1: none yet
 
     @property

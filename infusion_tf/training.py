@@ -20,7 +20,7 @@ import time
 import keras
 import numpy as np
 
-from infusion_tf import checkpoint
+from infusion_tf import checkpoint, protocol
 from infusion_tf import data as data_lib
 from infusion_tf import visualize
 from infusion_tf.config import InfusionConfig
@@ -76,8 +76,9 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """Each epoch: last.keras (the commit), then last.weights.h5, best.weights.h5 when the validation bound
-    improves, and state.json. Goes after the callbacks that log the epoch (see the module docstring)."""
+    """Each epoch: last.keras (the commit), then last.weights.h5, best.weights.h5 when the model's monitored
+    validation metric (`protocol.monitor`: the lower bound unless the model names another) improves, and
+    state.json. Goes after the callbacks that log the epoch (see the module docstring)."""
 
     def __init__(self, paths: RunPaths, guard: NonFiniteLossGuard, progress: Progress = Progress()):
         super().__init__()
@@ -87,7 +88,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         logs = logs or {}
         if self.guard.tripped is not None or not math.isfinite(float(logs.get("loss", math.nan))):
             return
-        bound = float(logs.get("val_lower_bound", logs.get("lower_bound", -math.inf)))
+        metric, mode = protocol.monitor(self.model)  # default the lower bound; a sample-only model names its own
+        value = float(logs.get("val_" + metric, logs.get(metric, math.nan)))
+        bound = value if mode == "max" else -value  # Progress keeps a score where larger is better
         improved = math.isfinite(bound) and bound > self.progress.best_val_lower_bound
         self.progress = Progress(epoch + 1, *((bound, epoch + 1) if improved else
                                               (self.progress.best_val_lower_bound, self.progress.best_epoch)))
@@ -322,7 +325,8 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
         raise FloatingPointError(f"{guard.tripped}; training stopped, {saved}; try a smaller --learning-rate "
                                  f"(now {config.learning_rate})")
     if patience.stopped and verbose:
-        print(f"early stopping after epoch {checkpoint.progress.epoch}: the validation lower bound has not improved "
+        print(f"early stopping after epoch {checkpoint.progress.epoch}: the validation "
+              f"{protocol.monitor(model)[0].replace('_', ' ')} has not improved "
               f"since epoch {checkpoint.progress.best_epoch} (--patience {config.patience})")
     if export:
         _export_best(model, paths)
