@@ -67,6 +67,7 @@ class EvalInputs:
     x_validation: np.ndarray  # float32 [v, *example_shape]
     train: np.ndarray  # the run's training split in stored form (uint8 images or float points)
     folder: str  # where results and figures go
+    first_index: int = 0  # index of x's first row in the evaluated set: a shard's first example (per-example seeds)
 
 
 def _estimator(name: str, **spec):
@@ -87,6 +88,8 @@ class EvalSettings:
     checkpoint: str
     estimator: str = "lower_bound"
     num_examples: int = 1000  # first N examples of the split (the paper: 1000 test examples)
+    shard: int = 0  # score only slice I (0-based) of the examples; eval/merge_shards.py joins the slices
+    num_shards: int = 1  # slices the examples are split into (shards.py); results do not depend on it
     k: int | None = None  # chains per example; None: 10 (lower_bound) or 1000 (importance sampling)
     repeats: int = 10  # Table 2 reports mean +- std over 10 repetitions
     seed: int = 0  # fixes the dequantization noise of the evaluated points and the chains of every repeat
@@ -119,6 +122,12 @@ class EvalSettings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_seed(self.seed)
+        from infusion_tf.shards import check_shard
+
+        check_shard(self.shard, self.num_shards, self.num_examples)
+        if self.num_shards > 1 and ESTIMATORS.get(self.estimator).default_k is None:
+            raise ValueError(f"{self.estimator} draws samples for the whole set and cannot be sharded; shard "
+                             f"lower_bound, importance_sampling or isotropic")
 
     @property
     def chains(self) -> int:
@@ -132,42 +141,37 @@ def _summary(values: list[float], unit: str = "_nats") -> dict:
             f"repeats{unit}": [float(v) for v in values]}
 
 
-def _chain_estimate(model, x, settings: EvalSettings, per_example_values, variances=(), result=None) -> dict:
-    """Repeats of k proposals per example scored by the model's log-weights (protocol.py);
-    per_example_values(stats) -> [n] is the estimator's value per example (estimators.ChainStatistics)."""
-    from infusion_tf import estimators
+def _chain_estimate(model, inputs: EvalInputs, settings: EvalSettings, per_example_values, variances=(),
+                    result=None) -> dict:
+    """Repeats of k proposals per example of inputs.x scored by the model's log-weights (protocol.py);
+    per_example_values(stats) -> [n] is the estimator's value per example (estimators.ChainStatistics). The chains
+    of example j of the evaluated set are seeded by (seed * 1000 + repeat, j), whichever shard scores it."""
+    from infusion_tf import estimators, shards
 
     scorer = estimators.LogWeightScorer.from_model(model)
-    result = dict(result or {})
-    is_values, lb_values, per_example, per_step = [], [], [], []
+    x = inputs.x
+    values, bounds, per_step = [], [], []
     for r in range(settings.repeats):
         print(f"repeat {r + 1}/{settings.repeats}: {settings.chains} chains x {len(x)} examples")
         stats = estimators.score_chains(scorer, x, settings.chains, settings.seed * 1000 + r,
                                         rows_per_call=settings.rows_per_call, isotropic_variances=variances,
-                                        progress=True)
-        lb_values.append(float(stats.lower_bound().mean()))
+                                        progress=True, first_index=inputs.first_index)
+        bounds.append(stats.lower_bound())
         per_step.append(stats.per_step())
-        values = per_example_values(stats)
-        is_values.append(float(values.mean()))
-        per_example.append(values)
-    result.update(_summary(is_values))
-    per_example = np.mean(per_example, axis=0)
-    result["standard_error_nats"] = float(per_example.std(ddof=1) / math.sqrt(len(per_example)))
-    result["per_step"] = [float(v) for v in np.mean(per_step, axis=0)]
-    result["lower_bound_same_chains"] = _summary(lb_values)
-    return result
+        values.append(per_example_values(stats))
+    return {**(result or {}), **shards.chain_summary(values, bounds, per_step)}
 
 
 @_estimator("lower_bound", default_k=10, needs="likelihood")
 def lower_bound(model, inputs: EvalInputs, settings: EvalSettings) -> dict:
     """Eq. 3: mean_j l_j over k proposals per example."""
-    return _chain_estimate(model, inputs.x, settings, lambda stats: stats.lower_bound())
+    return _chain_estimate(model, inputs, settings, lambda stats: stats.lower_bound())
 
 
 @_estimator("importance_sampling", default_k=1000, needs="likelihood")
 def importance_sampling(model, inputs: EvalInputs, settings: EvalSettings) -> dict:
     """Eq. 2 with footnote 4: logsumexp_j l_j - log k."""
-    return _chain_estimate(model, inputs.x, settings, lambda stats: stats.importance_sampling())
+    return _chain_estimate(model, inputs, settings, lambda stats: stats.importance_sampling())
 
 
 @_estimator("isotropic", default_k=1000, needs="isotropic")
@@ -177,7 +181,7 @@ def isotropic(model, inputs: EvalInputs, settings: EvalSettings) -> dict:
 
     variance, table = _choose_isotropic_variance(estimators.LogWeightScorer.from_model(model), inputs.x_validation,
                                                  settings)
-    return _chain_estimate(model, inputs.x, settings,
+    return _chain_estimate(model, inputs, settings,
                            lambda stats: stats.isotropic_log_sum_exp[0] - math.log(stats.num_chains), (variance,),
                            {"isotropic_variance": variance, "validation_by_variance": table})
 
@@ -383,12 +387,15 @@ def copy_batch_norm_cache(source_weights: str, target_weights: str) -> str | Non
 
 def evaluate(settings: EvalSettings) -> dict:
     """Runs one estimator on a checkpoint; writes and returns the results (see the module docstring)."""
-    from infusion_tf import data, estimators
+    from infusion_tf import data, estimators, shards
     from infusion_tf.checkpoint import find_weights, load_checkpoint
     from infusion_tf.run_folder import load_run_data, training_splits
 
     started = time.time()
-    output = settings.output or os.path.join(settings.checkpoint, f"results_{settings.estimator}.json")
+    output = settings.output or (os.path.join(settings.checkpoint, f"results_{settings.estimator}.json")
+                                 if settings.num_shards == 1 else
+                                 shards.shard_output(settings.checkpoint, settings.estimator, settings.shard,
+                                                     settings.num_shards))
     precision, precision_why = resolve_precision(settings.precision)  # auto: bfloat16 where the hardware has units
     settings = dataclasses.replace(settings, precision=precision)  # results.json records what was chosen
     model = load_checkpoint(settings.checkpoint, settings.weights, settings.precision,
@@ -400,6 +407,12 @@ def evaluate(settings: EvalSettings) -> dict:
     if spec.needs is not None:
         protocol.require(model, spec.needs, f"the {spec.name} estimator")
     _check_inputs(config, spec, output)  # what would fail after minutes of work fails now
+    if settings.num_shards > 1:  # a finished shard of the same settings and weights is not recomputed
+        recorded = {**_recorded_settings(settings), "chains": settings.chains, "config": config.to_dict()}
+        done = shards.finished_shard(output, recorded, provenance.file_sha256(weights_path))
+        if done is not None:
+            print(f"shard {settings.shard} of {settings.num_shards} is finished in {output}; not recomputed")
+            return {**done, "output": output}
     splits, source = load_run_data(config, settings.checkpoint, settings.data_dir)  # the run's own data
     train = training_splits(config, splits).train
     os.makedirs(folder, exist_ok=True)  # once the inputs are known to be good, before the work
@@ -414,12 +427,14 @@ def evaluate(settings: EvalSettings) -> dict:
     x = data.eval_points(array, seed=settings.seed, dequantize=dequantize)
     x_validation = data.eval_points(splits.validation[:settings.validation_examples], seed=settings.seed + 1,
                                     dequantize=dequantize)
-    result = spec.run(model, EvalInputs(x, x_validation, train, folder), settings)
-    result = {"estimator": settings.estimator, **result}
+    first, stop = shards.shard_range(len(x), settings.shard, settings.num_shards)
+    result = spec.run(model, EvalInputs(x[first:stop], x_validation, train, folder, first), settings)
+    result = {"estimator": settings.estimator, **result, "examples": {"first": first, "stop": stop}}
     if result.get("mean_nats") is not None:
         # 8-bit pixels dequantized into [0, 1] add d log 256; a model of other data (binary images) says so.
         quantized = getattr(model, "quantized_8bit", config.dequantize or len(config.example_shape) == 3)
         result["bits_per_dim"] = estimators.bits_per_dim(result["mean_nats"], config.num_dims, quantized)
+        result["quantized_8bit"] = bool(quantized)
     result["batch_norm"] = batch_norm
     result["dequantize"] = {"used": dequantize, "from": "run" if settings.dequantize is None else "flag"}
     result["data_source"] = {**source, "data_dir": provenance.portable_path(source["data_dir"])}

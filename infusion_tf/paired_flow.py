@@ -76,14 +76,16 @@ class PairedFlowSampler:
 
     def __init__(self, dim: int, log_u: Callable[[tf.Tensor], tf.Tensor], betas, *, blocks: int = 8,
                  hidden=(512, 512), generator_width: int = 256, generator_depth: int = 3, batch_size: int = 256,
-                 learning_rate: float = 1e-3, flow_learning_rate: float = 1e-3, seed: int = 0):
+                 learning_rate: float = 1e-3, flow_learning_rate: float = 1e-3, flow_steps: int = 1, seed: int = 0):
         betas = np.asarray(betas, np.float32).ravel()
         if betas.size < 1 or np.any(betas <= 0) or np.any(betas > 1) or not np.all(np.isfinite(betas)):
             raise ValueError("betas must be a non-empty schedule of inverse temperatures in (0, 1]")
-        if dim < 2 or blocks < 1 or batch_size < 2:
-            raise ValueError(f"need dim >= 2, blocks >= 1 and batch_size >= 2; got {dim}, {blocks}, {batch_size}")
+        if dim < 2 or blocks < 1 or batch_size < 2 or flow_steps < 1:
+            raise ValueError(f"need dim >= 2, blocks >= 1, batch_size >= 2 and flow_steps >= 1; got {dim}, {blocks}, "
+                             f"{batch_size}, {flow_steps}")
         keras.utils.set_random_seed(seed)
         self.dim, self.log_u, self.batch_size, self.seed = int(dim), log_u, int(batch_size), int(seed)
+        self.flow_steps = int(flow_steps)
         self.betas = tf.constant(betas)
         self.generator = keras.Sequential([keras.layers.Dense(generator_width, activation="relu")
                                            for _ in range(generator_depth)] + [keras.layers.Dense(self.dim)])
@@ -103,9 +105,15 @@ class PairedFlowSampler:
 
     @tf.function
     def train_step(self) -> dict:
-        """One flow update (maximum likelihood on G's samples) and one generator update; returns the step's numbers."""
+        """flow_steps flow updates (maximum likelihood on fresh generator samples), then one generator update."""
         t = self.step_count
         beta = self.betas[tf.minimum(t, tf.shape(self.betas)[0] - 1)]
+        for i in range(self.flow_steps - 1):  # extra flow updates, so that nu keeps up with q
+            seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(self.seed), t]), i + 1)
+            z = tf.random.stateless_normal([self.batch_size, self.dim], seed)
+            with tf.GradientTape() as tape:
+                flow_nll = -tf.reduce_mean(self.flow.log_prob(tf.stop_gradient(self.generator(z))))
+            self.flow_optimizer.apply(tape.gradient(flow_nll, self.flow_variables), self.flow_variables)
         z = tf.random.stateless_normal([self.batch_size, self.dim], tf.stack([tf.constant(self.seed), t]))
         with tf.GradientTape(persistent=True) as tape:
             x = self.generator(z)  # [B, dim]
