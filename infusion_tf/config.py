@@ -170,8 +170,9 @@ def _check_json_types(cls: type, values: dict[str, Any]) -> None:
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
         hint = hints[name]
-        if typing.get_origin(hint) is tuple:  # e.g. example_shape: a JSON list of ints
-            ok = isinstance(value, (list, tuple)) and all(is_a(v, (int,)) for v in value)
+        if typing.get_origin(hint) is tuple:  # e.g. example_shape: a JSON list of ints (of its element type)
+            element = typing.get_args(hint)[0] if typing.get_args(hint) else int
+            ok = isinstance(value, (list, tuple)) and all(is_a(v, (element,)) for v in value)
         else:
             ok = is_a(value, typing.get_args(hint) or (hint,))
         if not ok:

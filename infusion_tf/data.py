@@ -28,6 +28,7 @@ __all__ = ["IMAGE_DATASETS", "TOY_DATASETS", "DataUnavailableError", "check_data
 
 IMAGE_DATASETS = ("mnist", "fashion_mnist")  # read from local IDX files
 TOY_DATASETS = ("mixture_of_gaussians", "banana")
+BINARIZED_DATASETS = {"binarized_mnist": "mnist"}  # name -> the 8-bit dataset binarized statically (binarization.py)
 
 _BUNDLED_DIR = Path(__file__).resolve().parent / "datasets"
 _BUNDLED_MD5 = {"mnist": {  # md5 of the official .gz files
@@ -232,7 +233,7 @@ def check_dataset_name(name: str) -> None:
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"dataset must be a non-empty name, got {name!r}")
-    if name not in IMAGE_DATASETS + TOY_DATASETS:
+    if name not in IMAGE_DATASETS + TOY_DATASETS + tuple(BINARIZED_DATASETS):
         import tensorflow_datasets as tfds  # lazily: slow to import and needed only here
 
         _check_tfds_name(tfds, name)
@@ -393,6 +394,11 @@ def load_splits(dataset: str, data_dir: str | None = None, validation_examples: 
     """
     if not isinstance(dataset, str) or not dataset.strip():
         raise ValueError(f"dataset must be a non-empty name, got {dataset!r}")
+    if dataset in BINARIZED_DATASETS:  # pixels u -> 0 or 255, once per image with a fixed seed (uint8 {0, 255})
+        from infusion_tf.binarization import binarize_uint8
+
+        base = load_splits(BINARIZED_DATASETS[dataset], data_dir, validation_examples, seed)
+        return Splits(dataset, *(binarize_uint8(a) for a in (base.train, base.validation, base.test)))
     if dataset in IMAGE_DATASETS and _reads_idx(dataset, data_dir):
         return load_idx_splits(dataset, data_dir, validation_examples)
     if dataset in TOY_DATASETS:
@@ -425,6 +431,9 @@ def data_source(dataset: str, data_dir: str | None, splits: Splits) -> dict:
     the package), "idx" (the IDX files in data_dir) or "tfds" (TensorFlow Datasets; data_dir None is TFDS's
     default folder). data_dir: an absolute path, or None. fingerprint: splits_fingerprint(splits).
     """
+    if dataset in BINARIZED_DATASETS:
+        return {**data_source(BINARIZED_DATASETS[dataset], data_dir, splits), "dataset": dataset,
+                "binarized_from": BINARIZED_DATASETS[dataset]}
     if dataset in TOY_DATASETS:
         kind, data_dir = "toy", None
     elif dataset in IMAGE_DATASETS and data_dir is None and dataset in _BUNDLED_MD5:

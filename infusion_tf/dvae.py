@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from infusion_tf import overlapping, protocol
+from infusion_tf.binarization import static_binarization
 from infusion_tf.config import ModelConfig
 from infusion_tf.registry import register_model, register_model_config
 
@@ -37,7 +38,6 @@ __all__ = ["DVAEConfig", "DVAEModel", "static_binarization", "bernoulli_log_prob
 NETWORKS = ("linear", "nonlinear")
 OBJECTIVES = ("joint", "marginal")
 SMOOTHINGS = ("exponential", "logistic")
-_MASK31 = (1 << 31) - 1
 
 
 @register_model_config("dvae")
@@ -89,33 +89,6 @@ class DVAEConfig(ModelConfig):
         if self.anneal_steps:
             return self.anneal_steps
         return self.epochs * max(1, (self.train_examples or 50_000) // self.batch_size)
-
-
-def static_binarization(x, seed: int):
-    """Binary pixels: 1 where a uniform number drawn from a hash of (image, pixel, seed) is below x.
-
-    x: float [B, *shape] in [0, 1], holding u / 255 for 8-bit u. Returns float32 [B, d] in {0, 1}. The same image
-    gives the same binary image in every call (a static binarization); P(pixel = 1) = x up to 2^-31.
-    """
-    b = tf.shape(x)[0]
-    u = tf.cast(tf.round(tf.reshape(tf.cast(x, tf.float32), [b, -1]) * 255.0), tf.int64)  # [B, d]
-    d = tf.shape(u)[1]
-    index = tf.range(d, dtype=tf.int64)  # [d]
-    weights = _mix(index + 1) + 1  # fixed pseudo-random weights < 2^31
-    image_hash = tf.reduce_sum(u * weights[None, :], axis=1)  # [B]: sum < 784 * 255 * 2^31 < 2^63
-    key = _mix(tf.bitwise.bitwise_xor(_mix(image_hash)[:, None] * 1021, index[None, :]))  # [B, d]
-    key = _mix(tf.bitwise.bitwise_xor(key, int(seed) & _MASK31))  # in [0, 2^31)
-    uniform = (tf.cast(key, tf.float64) + 0.5) / float(1 << 31)
-    return tf.cast(uniform < tf.cast(u, tf.float64) / 255.0, tf.float32)
-
-
-def _mix(k):
-    """A 31-bit integer hash (multiply-xorshift rounds with 31-bit factors, so every product fits in int64)."""
-    k = tf.bitwise.bitwise_and(k, _MASK31)
-    for factor, shift in ((0x5BD1E995 & _MASK31, 15), (0x27D4EB2F, 13), (0x165667B1, 16)):
-        k = tf.bitwise.bitwise_xor(k, tf.bitwise.right_shift(k, tf.constant(shift, tf.int64)))
-        k = tf.bitwise.bitwise_and(k * factor, _MASK31)
-    return k
 
 
 def bernoulli_log_prob(value, logits):

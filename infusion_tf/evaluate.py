@@ -422,6 +422,9 @@ def evaluate(settings: EvalSettings) -> dict:
         batch_norm.update(use_recomputed_batch_norm(model, weights_path, train, seed=settings.seed,
                                                     precision=settings.precision, cache=settings.batch_norm_cache,
                                                     data_fingerprint=source["fingerprint"]))
+    prepared = None  # what the log-weights need beyond the weights (an RBM prior's log Z), before any estimate
+    if spec.needs is not None and "prepare" in protocol.capabilities(model):
+        prepared = model.prepare_evaluation(settings.seed)
     dequantize = config.dequantize if settings.dequantize is None else settings.dequantize
     array = getattr(splits, settings.split)[:settings.num_examples]
     x = data.eval_points(array, seed=settings.seed, dequantize=dequantize)
@@ -436,6 +439,8 @@ def evaluate(settings: EvalSettings) -> dict:
         result["bits_per_dim"] = estimators.bits_per_dim(result["mean_nats"], config.num_dims, quantized)
         result["quantized_8bit"] = bool(quantized)
     result["batch_norm"] = batch_norm
+    if prepared is not None:
+        result["prepared"] = prepared
     result["dequantize"] = {"used": dequantize, "from": "run" if settings.dequantize is None else "flag"}
     result["data_source"] = {**source, "data_dir": provenance.portable_path(source["data_dir"])}
     result["settings"] = {**_recorded_settings(settings), "chains": settings.chains, "config": config.to_dict()}

@@ -30,6 +30,9 @@ Optional capabilities, discovered with `capabilities(model)`, never assumed:
                     (Bordes et al., Appendix A.1), with chain_terms(x, seed, use_batch_statistics=True)
     "isotropic"     LogWeights.squared_error: ||x - mean of the last step||^2 [B, k], so the last step can be
                     rescored under an isotropic Gaussian (Table 2's isotropic row)
+    "prepare"       prepare_evaluation(seed) -> dict: computes, before any estimator runs, what log_weights needs
+                    that the weights do not fix (an RBM prior's log Z by annealed importance sampling); the dict
+                    is recorded in results.json under "prepared"
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class GenerativeModel(Protocol):
     def fit_prior(self, train_array) -> None: ...
 
 
-CAPABILITIES = ("likelihood", "inpaint", "chain", "batch_norm", "isotropic")
+CAPABILITIES = ("likelihood", "inpaint", "chain", "batch_norm", "isotropic", "prepare")
 
 
 def capabilities(model) -> frozenset[str]:
@@ -77,7 +80,8 @@ def capabilities(model) -> frozenset[str]:
     if unknown:
         raise ValueError(f"{type(model).__name__} declares unknown capabilities {sorted(unknown)}; "
                          f"known: {list(CAPABILITIES)}")
-    needs = {"inpaint": "inpaint", "batch_norm": "step_batch_norms", "isotropic": "log_weights"}
+    needs = {"inpaint": "inpaint", "batch_norm": "step_batch_norms", "isotropic": "log_weights",
+             "prepare": "prepare_evaluation"}
     missing = [c for c in declared if c in needs and not callable(getattr(model, needs[c], None))]
     if missing:
         raise ValueError(f"{type(model).__name__} declares {missing} but has no {[needs[c] for c in missing]}")

@@ -74,11 +74,13 @@ def _qualified(entry) -> str:
 MODELS = Registry("model", {"infusion": "infusion_tf.model",
                               "annealed_gan": "infusion_tf.annealed_gan_model",
                               "dvae": "infusion_tf.dvae",
+                              "dvae_rbm": "infusion_tf.dvae_rbm",
                               "short_run_ot": "infusion_tf.short_run",
                               "gaussian_vae": "infusion_tf.gaussian_vae"})
 MODEL_CONFIGS = Registry("model", {"infusion": "infusion_tf.config",  # name -> its config class
                                     "annealed_gan": "infusion_tf.annealed_gan_model",
                                     "dvae": "infusion_tf.dvae",
+                                    "dvae_rbm": "infusion_tf.dvae_rbm",
                                     "short_run_ot": "infusion_tf.short_run",
                                     "gaussian_vae": "infusion_tf.gaussian_vae"})
 OPERATORS = Registry("operator", {"mlp": "infusion_tf.networks", "conv": "infusion_tf.networks"})
