@@ -45,7 +45,7 @@ from infusion_tf.files import write_json  # noqa: E402
 from infusion_tf.provenance import environment, portable_argv, portable_path  # noqa: E402
 
 __all__ = ["REPO", "RESULTS_DIR", "PEAK_SIZES", "matmul_peak", "measure_peaks", "operator_forward_flops",
-           "environment", "portable_argv", "peak_rss_mb", "write_results", "read_results", "print_table",
+           "operator_kernel_shapes", "matmul_only_seconds", "environment", "portable_argv", "peak_rss_mb", "write_results", "read_results", "print_table",
            "base_parser", "percentile_summary", "reset_keras"]
 
 RESULTS_DIR = REPO / "bench" / "results"
@@ -114,6 +114,70 @@ def operator_forward_flops(model) -> int:
                          f"{type(operator).__name__} (the conv operator's FLOPs are not counted here)")
     dense = [layer for layer in operator._flatten_layers() if isinstance(layer, keras.layers.Dense)]
     return 2 * sum(int(layer.kernel.shape[0]) * int(layer.kernel.shape[1]) for layer in dense)
+
+
+def operator_kernel_shapes(model) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(hidden, heads): the (in, out) shapes of the MLP operator's hidden Dense kernels, in order, and of its heads."""
+    operator = getattr(model, "operator", model)
+    operator_forward_flops(operator)  # the same check: MLP operators only
+    hidden = [tuple(int(n) for n in layer.kernel.shape) for layer in operator.dense]
+    heads = [tuple(int(n) for n in layer.kernel.shape) for layer in (operator.mean_head, operator.variance_head)]
+    return hidden, heads
+
+
+def matmul_only_seconds(hidden, heads, passes, dtype: str = "float32", repeats: int = 7) -> float:
+    """Seconds of a step's matrix products alone: the same shapes, batch and dtype, nothing else (best of repeats).
+
+    hidden, heads: (in, out) kernel shapes (`operator_kernel_shapes`). passes: a list of (rows, num_steps,
+    backward): `num_steps` dependent operator calls on `rows` rows each (the output of call t, cut to the
+    input width, is the input of call t + 1, so no two calls can be merged), with the backward products of
+    every call when `backward` is True: the kernels' gradients (rows^T @ upstream) and the inputs' gradients
+    (upstream @ kernel^T) of every layer but the first, whose input needs none. The training step's products
+    are [(B, T, True)] step by step, or [(B, T - 1, False), (T * B, 1, True)] when it draws the chain first and
+    scores all steps as one batch; evaluation's are [(rows, T, False)]. Weight gradients are returned, not
+    summed over calls, so no elementwise work is timed. This is the floor the step cannot beat with these
+    products: the step's time divided into this one is the share of its time that is matrix products.
+    """
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    rng = np.random.default_rng(0)
+    normal = lambda shape, scale: tf.cast(tf.constant(rng.standard_normal(shape) * scale, tf.float32), dtype)  # noqa: E731
+    hidden_kernels = [normal(shape, 1 / math.sqrt(shape[0])) for shape in hidden]
+    head_kernels = [normal(shape, 1 / math.sqrt(shape[0])) for shape in heads]
+    width_in = hidden[0][0]
+    inputs = [normal((rows, width_in), 1.0) for rows, _, _ in passes]
+
+    @tf.function
+    def products(inputs):
+        outputs = []
+        for (rows, steps, backward), z in zip(passes, inputs):
+            for _ in range(steps):
+                activations, h = [], z
+                for kernel in hidden_kernels:
+                    activations.append(h)
+                    h = tf.matmul(h, kernel)
+                outs = [tf.matmul(h, kernel) for kernel in head_kernels]
+                if backward:  # the heads' outputs stand in for their gradients: new values each call, so no
+                    heads_grad = outs  # two calls share a product that grappler could merge
+                    outputs += [tf.matmul(h, g, transpose_a=True) for g in heads_grad]
+                    grad = tf.add_n([tf.matmul(g, kernel, transpose_b=True) for g, kernel in zip(heads_grad,
+                                                                                               head_kernels)])
+                    for i in reversed(range(len(hidden_kernels))):
+                        outputs.append(tf.matmul(activations[i], grad, transpose_a=True))
+                        if i > 0:
+                            grad = tf.matmul(grad, hidden_kernels[i], transpose_b=True)
+                z = outs[0][:, :width_in]
+            outputs.append(z)
+        return outputs
+
+    products(inputs)  # trace, warm the oneDNN primitive caches
+    best = float("inf")
+    for _ in range(int(repeats)):
+        start = time.perf_counter()
+        values = products(inputs)
+        float(tf.reduce_sum(tf.cast(values[-1][:1, :1], tf.float32)))
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def peak_rss_mb(children: bool = False) -> float:

@@ -20,7 +20,7 @@ from infusion_tf.protocol import LogWeights
 
 __all__ = [
     "infusion_log_weights", "prior_parameters", "gaussian_log_prob", "prior_log_prob", "sample_prior", "infusion_sample",
-    "infusion_log_prob", "ChainTerms", "infusion_chain", "infusion_trajectory", "score_infusion_chain",
+    "mixture_choice_and_noise", "infusion_log_prob", "ChainTerms", "infusion_chain", "infusion_trajectory", "score_infusion_chain",
     "lower_bound_terms", "sampling_chain", "seed_pair",
 ]
 
@@ -81,20 +81,36 @@ def sample_prior(num_samples, mean: tf.Tensor, variance: tf.Tensor, seed: tf.Ten
 def infusion_sample(x, p_mean, p_variance, alpha_t, delta_variance: float, seed: tf.Tensor) -> tf.Tensor:
     """z~(t) ~ q(t)(. | z~(t-1), x): per pixel, from delta_x with probability alpha(t), else from p(t) (Sec. 2.3.1).
 
-    x, p_mean, p_variance: [B, ...]; alpha_t: scalar. The draw is reparametrized: z = mean + std * noise in
-    either component, so gradients reach p(t)'s mean and variance (Section 2.4.1) unless stopped.
+    x, p_mean, p_variance: [B, ...]; alpha_t: scalar. One uniform per pixel makes both choices
+    (`mixture_choice_and_noise`). The draw is reparametrized: z = mean + std * noise in either component, so
+    gradients reach p(t)'s mean and variance (Section 2.4.1) unless stopped.
     Returns: [B, ...].
     """
-    mask_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    uniform = tf.random.stateless_uniform(tf.shape(x), mask_seed)
-    noise = tf.random.stateless_normal(tf.shape(x), noise_seed)
+    uniform = tf.random.stateless_uniform(tf.shape(x), seed)
     p_mean, p_variance = tf.convert_to_tensor(p_mean), tf.convert_to_tensor(p_variance)  # Keras variables too
-    return _mixture_draw(uniform, noise, x, p_mean, p_variance, tf.cast(alpha_t, tf.float32), delta_variance)
+    from_x, noise = mixture_choice_and_noise(uniform, tf.cast(alpha_t, tf.float32))
+    return tf.where(from_x, x + math.sqrt(delta_variance) * noise, p_mean + tf.sqrt(p_variance) * noise)
 
 
-def _mixture_draw(uniform, noise, x, p_mean, p_variance, alpha_t, delta_variance: float) -> tf.Tensor:
-    """Pixel i from N(x_i, delta) where uniform_i < alpha(t), else from N(p_mean_i, p_variance_i). [B, ...]"""
-    return tf.where(uniform < alpha_t, x + math.sqrt(delta_variance) * noise, p_mean + tf.sqrt(p_variance) * noise)
+_HALF_ULP = 2.0**-24  # float32 uniforms are multiples of 2^-23 in [0, 1)
+
+
+def mixture_choice_and_noise(uniform: tf.Tensor, alpha_t: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """A two-component mixture's choice and a standard normal noise, both from one uniform per pixel.
+
+    u ~ U(0, 1) picks delta_x where u < alpha; within either side, u rescaled to (0, 1) (u / alpha, or
+    (u - alpha) / (1 - alpha)) is again uniform and independent of the choice, and its normal quantile
+    (ndtri) is the noise. One random stream instead of a uniform and a normal one: drawing is the dearest
+    elementwise work of the training step (docs/performance.md). The uniforms' 2^23 levels bound the noise
+    to |noise| < 5.3 (4.4 on the delta_x side at alpha = 0.01): a tail of mass 1e-7 (1e-5), as with any
+    normal drawn from float32 uniforms.
+    uniform: float32 [...] in [0, 1); alpha_t: scalar or broadcastable. Returns: (bool [...], float32 [...]).
+    """
+    u = uniform + _HALF_ULP  # in (0, 1): centred on its level
+    from_x = u < alpha_t
+    rescaled = tf.where(from_x, u / tf.maximum(alpha_t, _HALF_ULP),
+                        (u - alpha_t) / tf.maximum(1.0 - alpha_t, _HALF_ULP))
+    return from_x, tf.math.ndtri(tf.clip_by_value(rescaled, _HALF_ULP, 1.0 - _HALF_ULP))
 
 
 def infusion_log_prob(z, x, p_mean, p_variance, alpha_t, delta_variance: float) -> tf.Tensor:
@@ -202,7 +218,7 @@ def infusion_chain(operator: Operator, x, prior_mean, prior_variance, alpha, del
 
 
 def infusion_trajectory(operator: Operator, x, prior_mean, prior_variance, alpha, delta_variance: float,
-                        seed: tf.Tensor, *, use_batch_statistics: bool = True) -> tf.Tensor:
+                        seed: tf.Tensor, *, use_batch_statistics: bool = True, record_products: bool = False):
     """Draws the infusion chain z~(0) .. z~(T-1) ~ q(z~ | x) without scoring it (Section 2.3.1).
 
     The first of the denoising training step's two passes: the draws are the ones `infusion_chain` makes
@@ -210,26 +226,48 @@ def infusion_trajectory(operator: Operator, x, prior_mean, prior_variance, alpha
     statistics, and no gradient flows through them. `score_infusion_chain` then scores all steps in one
     batch of T * B rows, whose matrix products run much closer to the machine's peak than T products of
     B rows (docs/performance.md).
-    x: float32 [B, ...]. Returns: float32 [T, B, ...].
+    `record_products=True` (an operator with `supports_replay`) also runs the operator on z~(T-1) and keeps
+    the Dense layers' outputs of all T calls, so that the scoring pass replays them instead of computing the
+    forward products a second time.
+    x: float32 [B, ...]. Returns: float32 [T, B, ...]; with record_products, also the products, a list of
+    [T * B, units] tensors in step-major order (row t * B + b), the layout of a step=None operator call.
     """
-    draws = _infusion_draws(operator, x, prior_mean, prior_variance, alpha, delta_variance, seed,
-                            use_batch_statistics=use_batch_statistics, update_statistics=False, stop_gradient=False)
-    return tf.stop_gradient(tf.stack([z_tilde for z_tilde, _, _ in draws]))
+    recorded = []
+
+    def recording(z, step, **kwargs):
+        mean, variance, products = operator(z, step=step, return_products=True, **kwargs)
+        recorded.append(products)
+        return mean, variance
+
+    draws = list(_infusion_draws(recording if record_products else operator, x, prior_mean, prior_variance, alpha,
+                                 delta_variance, seed, use_batch_statistics=use_batch_statistics,
+                                 update_statistics=False, stop_gradient=False))
+    z_tilde = tf.stop_gradient(tf.stack([z for z, _, _ in draws]))
+    if not record_products:
+        return z_tilde
+    recording(draws[-1][0], step=len(draws) - 1, use_batch_statistics=use_batch_statistics,
+              update_statistics=False)  # p(T)(. | z~(T-1)): recorded for the scoring pass only
+    products = [tf.stop_gradient(tf.concat(layer, axis=0)) for layer in zip(*recorded)]
+    return z_tilde, products
 
 
 def score_infusion_chain(operator: Operator, x, z_tilde, prior_mean, prior_variance, alpha, delta_variance: float,
-                         *, use_batch_statistics: bool = True, update_statistics: bool = False) -> ChainTerms:
+                         *, use_batch_statistics: bool = True, update_statistics: bool = False,
+                         products=None) -> ChainTerms:
     """Scores given infusion chains under p and q with one operator call for all T steps (Eq. 3's terms).
 
     z_tilde: [T, B, ...], z~(t) for t = 0 .. T-1 (from `infusion_trajectory`); x: [B, ...]. The operator
     runs with step=None on all of them at once: its row t is p(t+1)(. | z~(t)), normalized with step t's
     batch statistics, exactly as `infusion_chain` computes it one step at a time; `_step_terms` then scores
     the T steps as one batch.
+    `products`: the Dense outputs `infusion_trajectory(record_products=True)` recorded on these draws; the
+    operator replays them (no forward products) and only its backward products run on the T * B rows.
     Returns: ChainTerms, each [T, B], equal to `infusion_chain`'s for the same draws.
     """
     num_steps = int(z_tilde.shape[0])
+    replay = {} if products is None else {"products": products}
     mean, variance = operator(z_tilde, step=None, use_batch_statistics=use_batch_statistics,
-                              update_statistics=update_statistics)  # [T, B, ...]: p(t+1)(. | z~(t))
+                              update_statistics=update_statistics, **replay)  # [T, B, ...]: p(t+1)(. | z~(t))
     # The distribution each z~(t) was drawn from: p(0), then p(t)(. | z~(t-1)).
     prior_shaped = tf.zeros_like(z_tilde[:1])
     draw_mean = tf.concat([prior_shaped + prior_mean, mean[:-1]], axis=0)  # [T, B, ...]

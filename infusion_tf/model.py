@@ -80,11 +80,13 @@ class InfusionModel(keras.Model):
         self.rng_counter = self.add_weight(name="rng_counter", shape=(), dtype="int64", initializer="zeros",
                                            trainable=False, aggregation="only_first_replica")
         # The denoising train_step can draw the chain first and then score all T steps as one batch of T * B
-        # rows: the same update, with one more forward pass but T times fewer, larger operations. Measured
-        # on 2 CPU cores (docs/performance.md), that pays only where matrix products are cheap next to the
-        # per-operation overhead: bfloat16 at batch 100 (1.2x faster); not float32 (7% slower), not bfloat16
-        # at batch 512 (1.36x slower). Settable.
-        self.score_steps_together = config.precision == "mixed_bfloat16" and config.batch_size <= 256
+        # rows: the same update with T times fewer, larger operations. An operator that replays the products
+        # it computed while drawing (MLPOperator) does no extra products; others run one more forward pass.
+        # Measured on 2 CPU cores (docs/performance.md), it pays at batch <= 256 (float32 with replay: 1.11x
+        # faster at batch 100; bfloat16) and not at batch 512, where the [T * B, 1200] tensors of the scoring
+        # pass no longer fit the caches (float32 1.16x slower). Settable.
+        self.score_steps_together = config.batch_size <= 256 and (
+            getattr(self.operator, "supports_replay", False) or config.precision == "mixed_bfloat16")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.bound_tracker = keras.metrics.Mean(name="lower_bound")
         self.built = True
@@ -177,12 +179,17 @@ class InfusionModel(keras.Model):
         if together:
             # No gradient flows through the chain's draws (Section 2.3.2), so they can be drawn first, outside
             # the tape, and all T steps scored in one batch: the same terms, with T times larger products.
-            z_tilde = chains.infusion_trajectory(self.operator, x, self.prior_mean, self.prior_variance,
-                                                 self.alpha, self.config.delta_variance, seed)  # [T, B, ...]
+            # An operator that can replay its products records them while drawing: the scoring pass then runs
+            # only the backward products, so the step does no more products than the step-by-step chain.
+            replay = getattr(self.operator, "supports_replay", False)
+            drawn = chains.infusion_trajectory(self.operator, x, self.prior_mean, self.prior_variance, self.alpha,
+                                               self.config.delta_variance, seed, record_products=replay)
+            z_tilde, products = drawn if replay else (drawn, None)  # [T, B, ...], Dense outputs [T * B, units]
         with tf.GradientTape() as tape:
             if together:
                 terms = chains.score_infusion_chain(self.operator, x, z_tilde, self.prior_mean, self.prior_variance,
-                                                    self.alpha, self.config.delta_variance, update_statistics=True)
+                                                    self.alpha, self.config.delta_variance, update_statistics=True,
+                                                    products=products)
             else:
                 terms = self.chain_terms(x, seed, use_batch_statistics=True, update_statistics=True,
                                          stop_gradient=denoising, score_draws=not skip_bound)

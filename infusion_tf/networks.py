@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from infusion_tf.registry import OPERATORS, register_operator
 
-__all__ = ["StepBatchNormalization", "MLPOperator", "ConvOperator", "build_operator", "operator_head"]
+__all__ = ["StepBatchNormalization", "MLPOperator", "ConvOperator", "build_operator", "operator_head",
+           "fused_batch_normalization", "replayed_dense"]
 
 _PACKAGE = "infusion_tf"
 
@@ -55,9 +56,10 @@ class StepBatchNormalization(keras.layers.Layer):
             return self._call_all_steps(x, use_batch_statistics, update_statistics)
         index = tf.minimum(tf.cast(step, tf.int32), self.num_steps - 1)
         x32 = tf.cast(x, tf.float32)
-        axes = list(range(len(x.shape) - 1))
+        gamma = tf.gather(self.gamma, index)
+        beta = tf.gather(self.beta, index)
         if use_batch_statistics:
-            mean, variance = tf.nn.moments(x32, axes=axes)  # [C]
+            y, mean, variance = fused_batch_normalization(x32, gamma, beta, self.epsilon)  # mean, variance: [C]
             if update_statistics:
                 self._update_moving_statistics(index, mean, variance)
             if self.recorder is not None:
@@ -66,9 +68,7 @@ class StepBatchNormalization(keras.layers.Layer):
         else:
             mean = tf.gather(self.moving_mean, index)
             variance = tf.gather(self.moving_variance, index)
-        gamma = tf.gather(self.gamma, index)
-        beta = tf.gather(self.beta, index)
-        y = tf.nn.batch_normalization(x32, mean, variance, beta, gamma, self.epsilon)
+            y = tf.nn.batch_normalization(x32, mean, variance, beta, gamma, self.epsilon)
         return tf.cast(y, x.dtype)
 
     def _call_all_steps(self, x, use_batch_statistics, update_statistics):
@@ -115,6 +115,44 @@ class StepBatchNormalization(keras.layers.Layer):
                 "epsilon": self.epsilon}
 
 
+def fused_batch_normalization(x, gamma, beta, epsilon: float):
+    """Batch normalization of x [..., C] with its own batch's statistics, as one fused kernel (and one for its gradient).
+
+    The same values as tf.nn.moments + tf.nn.batch_normalization, from TensorFlow's FusedBatchNormV3 (oneDNN
+    on CPU): 1 operation forward and 1 backward instead of about 10 small ones each, which matters at the
+    paper's batch of 100 (docs/performance.md). x: float32 [N, C] or [N, H, W, C]; gamma, beta: [C].
+    Returns: (y [same shape as x], batch mean [C], batch variance [C]); the variance is the biased one
+    (divided by the count, as tf.nn.moments), where the kernel reports the unbiased one.
+    """
+    shape = tf.shape(x)
+    nhwc = x if len(x.shape) == 4 else tf.reshape(x, [-1, 1, 1, x.shape[-1]])
+    y, mean, unbiased, *_ = tf.raw_ops.FusedBatchNormV3(
+        x=nhwc, scale=gamma, offset=beta, mean=tf.zeros([0]), variance=tf.zeros([0]), epsilon=epsilon,
+        is_training=True, data_format="NHWC")
+    count = tf.cast(tf.size(x) // x.shape[-1], tf.float32)
+    variance = unbiased * tf.maximum(count - 1.0, 0.0) / count
+    return tf.reshape(y, shape), tf.stop_gradient(mean), tf.stop_gradient(variance)
+
+
+@tf.custom_gradient
+def replayed_dense(h, kernel, bias, output):
+    """A Dense layer's output computed earlier, h @ kernel + bias, returned with that product's gradient.
+
+    The denoising training step computes each step's products once, while drawing the chain (forward, B rows
+    per product), then differentiates the scored chain with all T steps as one batch of T * B rows
+    (`chains.score_infusion_chain`). Replaying the stored products there instead of recomputing them saves
+    the whole second forward pass of products; the backward products (upstream @ kernel^T and
+    h^T @ upstream, on T * B rows) are the usual ones. h: [N, in]; kernel: [in, out]; bias: [out] (zeros
+    for a layer without one); output: [N, out], h @ kernel + bias as computed before. Returns: output.
+    """
+
+    def gradient(upstream):
+        return (tf.matmul(upstream, kernel, transpose_b=True), tf.matmul(h, upstream, transpose_a=True),
+                tf.reduce_sum(upstream, axis=0), None)
+
+    return tf.identity(output), gradient
+
+
 def operator_head(mean_logits, variance_logits, beta: float, epsilon: float, example_shape):
     """mean = sigmoid(head_mu), variance = beta * sigmoid(head_var) + epsilon (Section 4), in float32.
 
@@ -133,6 +171,8 @@ def operator_head(mean_logits, variance_logits, beta: float, epsilon: float, exa
 
 class _Operator(keras.layers.Layer):
     """Shared config of both operators; subclasses build `self.hidden` and the heads."""
+
+    supports_replay = False  # True where call() takes products= and return_products= (MLPOperator)
 
     def __init__(self, example_shape, num_steps, width, depth=2, variance="diagonal", beta=0.1,
                  epsilon=1e-4, batch_norm_momentum=0.9, batch_norm_epsilon=1e-4, **kwargs):
@@ -208,11 +248,32 @@ class MLPOperator(_Operator):
         self.mean_head.build(shape)
         self.variance_head.build(shape)
 
-    def call(self, z, step, use_batch_statistics=False, update_statistics=False):
+    supports_replay = True  # call(..., products=) and return_products=True, see replayed_dense
+
+    def call(self, z, step, use_batch_statistics=False, update_statistics=False, products=None,
+             return_products=False):
+        """(mean, variance); with return_products=True also the Dense layers' outputs (hidden layers, then the
+        two heads) as a list of [rows, units] tensors. Given `products` (those outputs, recorded on the same
+        inputs), the Dense layers replay them instead of multiplying again (`replayed_dense`)."""
         h = tf.reshape(z, [-1, self.mean_head.units])  # [B, d], or [T * B, d] with step=None
-        for dense, norm in zip(self.dense, self.norms):
-            h = tf.nn.relu(self._normalize(norm, dense(h), step, use_batch_statistics, update_statistics))
-        return self._output(self.mean_head(h), self.variance_head(h), step)
+        layers = [*self.dense, self.mean_head, self.variance_head]
+        outputs = []
+
+        def dense(i, h):
+            if products is None:
+                outputs.append(layers[i](h))
+            else:
+                layer = layers[i]
+                kernel = tf.cast(layer.kernel, products[i].dtype)
+                bias = (tf.cast(layer.bias, products[i].dtype) if layer.use_bias
+                        else tf.zeros([layer.units], products[i].dtype))
+                outputs.append(replayed_dense(h, kernel, bias, products[i]))
+            return outputs[-1]
+
+        for i, norm in enumerate(self.norms):
+            h = tf.nn.relu(self._normalize(norm, dense(i, h), step, use_batch_statistics, update_statistics))
+        mean, variance = self._output(dense(self.depth, h), dense(self.depth + 1, h), step)
+        return (mean, variance, outputs) if return_products else (mean, variance)
 
 
 @register_operator("conv")

@@ -20,7 +20,7 @@ import time
 import keras
 import numpy as np
 
-from infusion_tf import checkpoint, protocol
+from infusion_tf import checkpoint, optimizers, protocol
 from infusion_tf import data as data_lib
 from infusion_tf import visualize
 from infusion_tf.config import InfusionConfig
@@ -33,13 +33,15 @@ __all__ = ["TrainingInterrupted", "build_model", "CheckpointCallback", "NonFinit
 
 
 def build_model(config, train_array: np.ndarray | None = None):
-    """A compiled model of the registered kind config.model (Adam), set up on `train_array` when given
+    """A compiled model of the registered kind config.model (its make_optimizer(), or Adam), set up on `train_array` when given
     (the infusion model fits its prior p(0), Eq. 1)."""
     keras.utils.set_random_seed(config.seed)
     model = checkpoint.build_model(config)  # its layers compute in config.precision
     if train_array is not None:
         model.fit_prior(train_array)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    # A model may name its optimizer (make_optimizer()); the default is Adam(config.learning_rate), fused.
+    make_optimizer = getattr(model, "make_optimizer", None)
+    model.compile(optimizer=make_optimizer() if callable(make_optimizer) else optimizers.adam(config.learning_rate))
     model.optimizer.build(model.trainable_variables)  # its slots exist before the first step is traced
     return model
 

@@ -188,6 +188,24 @@ def test_fraction_of_pixels_from_x_is_alpha(alpha):
     assert abs(from_x.mean() - alpha) < Z_TOL * np.sqrt(alpha * (1 - alpha) / n)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.01, 0.5, 0.97, 1.0])
+def test_one_uniform_gives_the_choice_and_an_independent_standard_normal(alpha):
+    """mixture_choice_and_noise: P(from x) = alpha, and the noise is N(0, 1) on each side (Kolmogorov-Smirnov),
+    so the choice and the noise are independent, as two separate random streams would make them."""
+    uniform = tf.random.stateless_uniform([400_000], _seed(11))
+    from_x, noise = (t.numpy() for t in chains.mixture_choice_and_noise(uniform, tf.constant(alpha)))
+    n = from_x.size
+    assert abs(from_x.mean() - alpha) <= Z_TOL * np.sqrt(max(alpha * (1 - alpha), 1e-12) / n)
+    assert np.all(np.isfinite(noise))
+    for side in (from_x, ~from_x):
+        if side.sum() < 1000:
+            continue
+        assert stats.kstest(noise[side], "norm").pvalue > 1e-4
+        m = side.sum()
+        assert abs(noise[side].mean()) < Z_TOL / np.sqrt(m)
+        assert abs(noise[side].var() - 1.0) < Z_TOL * np.sqrt(2.0 / m)
+
+
 def test_infusion_sample_is_reparametrized():
     """Section 2.4.1: gradients reach p's mean exactly through the pixels drawn from p."""
     shape = (40, 100)

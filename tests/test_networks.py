@@ -304,3 +304,70 @@ def test_operator_computes_in_the_configs_precision():
     reference.set_weights(op.get_weights())
     expected, _ = reference(tf.random.stateless_uniform((4, 28, 28, 1), [1, 2]), step=0, use_batch_statistics=True)
     np.testing.assert_allclose(mean, expected, atol=0.02)  # bfloat16 keeps 8 bits of mantissa
+
+
+# ------------------------------------------------------------------------- fused pieces of the training step
+def test_fused_batch_normalization_matches_moments_and_its_gradient():
+    """networks.fused_batch_normalization (one FusedBatchNormV3 kernel) against tf.nn.moments +
+    tf.nn.batch_normalization: outputs, biased batch statistics and gradients."""
+    from infusion_tf.networks import fused_batch_normalization
+
+    rng = np.random.default_rng(3)
+    for shape in ((64, 12), (8, 4, 4, 5)):
+        x = tf.constant(rng.standard_normal(shape).astype(np.float32) * 3 + 1)
+        gamma = tf.constant(rng.uniform(0.5, 2, shape[-1]).astype(np.float32))
+        beta = tf.constant(rng.standard_normal(shape[-1]).astype(np.float32))
+        weights = tf.constant(rng.standard_normal(shape).astype(np.float32))
+        results = []
+        for fused in (True, False):
+            with tf.GradientTape() as tape:
+                tape.watch([x, gamma, beta])
+                if fused:
+                    y, mean, variance = fused_batch_normalization(x, gamma, beta, 1e-4)
+                else:
+                    mean, variance = tf.nn.moments(x, axes=list(range(len(shape) - 1)))
+                    y = tf.nn.batch_normalization(x, mean, variance, beta, gamma, 1e-4)
+                loss = tf.reduce_sum(weights * tf.nn.relu(y))
+            results.append([y, mean, variance, *tape.gradient(loss, [x, gamma, beta])])
+        for a, b in zip(*results):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_replayed_dense_has_the_gradients_of_the_product():
+    """networks.replayed_dense returns the stored output, with the gradients of h @ kernel + bias."""
+    from infusion_tf.networks import replayed_dense
+
+    rng = np.random.default_rng(4)
+    h, kernel, bias = (tf.constant(rng.standard_normal(s).astype(np.float32)) for s in ((7, 5), (5, 3), (3,)))
+    upstream = tf.constant(rng.standard_normal((7, 3)).astype(np.float32))
+    grads = []
+    for replay in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch([h, kernel, bias])
+            out = tf.matmul(h, kernel) + bias
+            if replay:
+                out = replayed_dense(h, kernel, bias, tf.stop_gradient(out))
+            loss = tf.reduce_sum(upstream * out)
+        grads.append(tape.gradient(loss, [h, kernel, bias]))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_operator_replays_its_recorded_products():
+    """call(return_products=True) records the Dense outputs; call(products=...) on the same input gives the
+    same (mean, variance) and the same gradients as computing the products again."""
+    operator = MLPOperator((6,), num_steps=2, width=8, depth=2)
+    operator.build((None, 6))
+    z = tf.constant(np.random.default_rng(5).uniform(size=(2, 10, 6)).astype(np.float32))  # [T, B, d]
+    recorded = [operator(z[t], step=t, use_batch_statistics=True, return_products=True)[2] for t in range(2)]
+    products = [tf.concat(layer, axis=0) for layer in zip(*recorded)]
+    outputs = []
+    for replay in (products, None):
+        with tf.GradientTape() as tape:
+            kwargs = {} if replay is None else {"products": replay}
+            mean, variance = operator(z, step=None, use_batch_statistics=True, **kwargs)
+            loss = tf.reduce_sum(mean * 3.0 + tf.math.log(variance))
+        outputs.append([mean, variance, *tape.gradient(loss, operator.trainable_variables)])
+    for a, b in zip(*outputs):
+        np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(),
+                                   rtol=1e-4, atol=1e-5)
