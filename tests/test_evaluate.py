@@ -202,7 +202,8 @@ def test_eval_without_data_dir_uses_the_runs_data_and_dequantization(idx_run, tm
     assert results["data_source"]["data_dir"] == provenance.portable_path(str(data_dir.resolve()))
     test = data.read_idx(str(data_dir / "t10k-images-idx3-ubyte.gz"))[:20, :, :, None]  # uint8 [20, 28, 28, 1]
     scorer = estimators.ChainScorer.from_model(load_checkpoint(run))
-    expected = estimators.lower_bound(scorer, test.astype(np.float32) / 255.0, 2, 0).mean_nats
+    # eval/run.py seeds each example's chains by its index (first_index=0: the whole set, shards.py)
+    expected = estimators.lower_bound(scorer, test.astype(np.float32) / 255.0, 2, 0, first_index=0).mean_nats
     assert results["repeats_nats"][0] == pytest.approx(expected, abs=1e-4)
 
     status, flagged, err = eval_main(capsys, *flags, "--dequantize", "--output", tmp_path / "flag.json")
@@ -210,7 +211,8 @@ def test_eval_without_data_dir_uses_the_runs_data_and_dequantization(idx_run, tm
     assert flagged["dequantize"] == {"used": True, "from": "flag"}
     x = np.concatenate([np.asarray(b) for b in data.make_eval_dataset(test, 1000, seed=0, dequantize=True)])
     assert np.all(np.floor(256 * x) == test)  # (u + U[0, 1)) / 256
-    assert flagged["repeats_nats"][0] == pytest.approx(estimators.lower_bound(scorer, x, 2, 0).mean_nats, abs=1e-4)
+    expected = estimators.lower_bound(scorer, x, 2, 0, first_index=0).mean_nats
+    assert flagged["repeats_nats"][0] == pytest.approx(expected, abs=1e-4)
     assert abs(flagged["repeats_nats"][0] - results["repeats_nats"][0]) > 1.0
 
 

@@ -1,0 +1,145 @@
+"""Sharded evaluation (shards.py, eval/run.py --shard I --num-shards N, eval/merge_shards.py): the merged shards
+equal an unsharded run per example; a missing or duplicated shard is refused; a finished shard is not recomputed."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from _helpers import run_command
+from infusion_tf import estimators, evaluate, shards, training
+from infusion_tf.config import InfusionConfig
+
+TINY = dict(width=32, depth=1, num_steps=3, sampling_steps=4, batch_size=50, train_examples=300,
+            validation_examples=100, epochs=1, sample_every=1)
+N, SHARDS = 11, 3  # 11 examples in slices of 3, 4, 4: unequal sizes on purpose
+SETTINGS = dict(num_examples=N, repeats=2, k=5, validation_examples=20, batch_norm="moving", seed=3)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("run") / "mnist")
+    training.train(InfusionConfig(**TINY), folder, verbose=0, export=False)
+    return folder
+
+
+def evaluate_(checkpoint, **kwargs):
+    return evaluate.evaluate(evaluate.EvalSettings(checkpoint=checkpoint, **{**SETTINGS, **kwargs}))
+
+
+def test_shard_ranges_tile_the_examples():
+    for n, count in ((11, 3), (1000, 7), (5, 5), (4, 1)):
+        ranges = [shards.shard_range(n, i, count) for i in range(count)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        sizes = [stop - start for start, stop in ranges]
+        assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+@pytest.mark.parametrize("shard, num_shards, message", [(3, 3, "shard must be in 0 .. 2"), (-1, 2, "shard must be"),
+                                                        (0, 0, "num_shards must be >= 1"),
+                                                        (0, 12, "more than the 11 examples")])
+def test_bad_shards_are_clear_errors(shard, num_shards, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate.EvalSettings(checkpoint="x", num_examples=11, shard=shard, num_shards=num_shards)
+
+
+def test_sample_estimators_are_not_sharded():
+    with pytest.raises(ValueError, match="parzen draws samples .* cannot be sharded"):
+        evaluate.EvalSettings(checkpoint="x", estimator="parzen", shard=0, num_shards=2)
+
+
+def test_an_example_has_the_same_chains_in_any_slice(checkpoint):
+    """score_chains with first_index: rows 4 .. 8 scored alone equal the same rows scored with the whole set,
+    whatever the chunk size, while the old batch-wise seeds (first_index None) depend on the slice."""
+    from infusion_tf.checkpoint import load_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    scorer = estimators.LogWeightScorer.from_model(model)
+    x = np.random.default_rng(0).uniform(0.01, 0.99, (9, 28, 28, 1)).astype(np.float32)
+    whole = estimators.score_chains(scorer, x, 6, seed=5, rows_per_call=4, first_index=0)
+    part = estimators.score_chains(scorer, x[4:], 6, seed=5, rows_per_call=4, first_index=4)
+    np.testing.assert_array_equal(part.log_sum_exp, whole.log_sum_exp[4:])
+    np.testing.assert_array_equal(part.sum, whole.sum[4:])
+    batch_wise = estimators.score_chains(scorer, x[4:], 6, seed=5, rows_per_call=4)
+    assert not np.array_equal(batch_wise.log_sum_exp, whole.log_sum_exp[4:])
+    other_seed = estimators.score_chains(scorer, x[4:], 6, seed=6, rows_per_call=4, first_index=4)
+    assert not np.array_equal(other_seed.log_sum_exp, part.log_sum_exp)
+
+
+@pytest.mark.parametrize("estimator", ["importance_sampling", "isotropic"])
+def test_merged_shards_equal_an_unsharded_run(checkpoint, tmp_path, estimator):
+    whole = evaluate_(checkpoint, estimator=estimator, output=str(tmp_path / "whole.json"))
+    paths = [evaluate_(checkpoint, estimator=estimator, shard=i, num_shards=SHARDS)["output"] for i in range(SHARDS)]
+    assert [os.path.basename(p) for p in paths] == [f"results_{estimator}.shard-{i}-of-3.json" for i in range(3)]
+    assert shards.find_shard_files(checkpoint, estimator) == sorted(paths)
+    merged_path = tmp_path / "merged.json"
+    assert shards.merge_main([*reversed(paths), "--output", str(merged_path)]) == 0  # any order
+    merged = json.loads(merged_path.read_text())
+    for kind in ("estimate", "lower_bound"):
+        np.testing.assert_array_equal(merged["per_example_nats"][kind], whole["per_example_nats"][kind])
+        assert np.asarray(whole["per_example_nats"][kind]).shape == (2, N)
+    for key in ("mean_nats", "std_nats", "repeats_nats", "standard_error_nats", "lower_bound_same_chains",
+                "bits_per_dim", "examples"):
+        assert merged[key] == whole[key], key
+    np.testing.assert_allclose(merged["per_step"], whole["per_step"], rtol=1e-12)
+    assert merged.get("isotropic_variance") == whole.get("isotropic_variance")
+    assert merged["settings"]["num_shards"] == 1 and len(merged["shards"]) == 3
+    shutil.rmtree(os.path.join(checkpoint, "shards"))
+
+
+def test_missing_or_duplicated_shards_are_refused(checkpoint, tmp_path, capsys):
+    paths = [evaluate_(checkpoint, estimator="lower_bound", shard=i, num_shards=SHARDS)["output"] for i in range(3)]
+    assert shards.merge_main([paths[0], paths[2]]) == 2
+    assert "error: missing shard 1 of 3: run eval/run.py with --shard 1 --num-shards 3" in capsys.readouterr().err
+    copy = str(tmp_path / "copy_of_shard_2.json")
+    shutil.copy(paths[2], copy)
+    assert shards.merge_main([*paths, copy]) == 2
+    assert "error: shard 2 of 3 is given twice" in capsys.readouterr().err
+    other = evaluate_(checkpoint, estimator="lower_bound", shard=1, num_shards=SHARDS, seed=4,
+                      output=str(tmp_path / "other_seed.json"))["output"]
+    assert shards.merge_main([paths[0], other, paths[2]]) == 2
+    assert "its settings seed differ" in capsys.readouterr().err
+    halves = evaluate_(checkpoint, estimator="lower_bound", shard=0, num_shards=2,
+                       output=str(tmp_path / "half.json"))["output"]
+    assert shards.merge_main([*paths[:2], halves]) == 2
+    assert "different splits (num_shards 2, 3)" in capsys.readouterr().err
+    assert shards.merge_main(["--checkpoint", checkpoint, "--estimator", "lower_bound"]) == 0  # every shard found
+    assert os.path.isfile(os.path.join(checkpoint, "results_lower_bound.json"))
+    shutil.rmtree(os.path.join(checkpoint, "shards"))
+
+
+def test_a_finished_shard_is_not_recomputed(checkpoint, monkeypatch):
+    first = evaluate_(checkpoint, estimator="importance_sampling", shard=1, num_shards=SHARDS)
+    mtime = os.stat(first["output"]).st_mtime_ns
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a finished shard was scored again")
+
+    monkeypatch.setattr(estimators, "score_chains", no_scoring)
+    again = evaluate_(checkpoint, estimator="importance_sampling", shard=1, num_shards=SHARDS)
+    assert again["per_example_nats"] == first["per_example_nats"] and os.stat(first["output"]).st_mtime_ns == mtime
+    with pytest.raises(AssertionError, match="scored again"):  # other settings: recomputed
+        evaluate_(checkpoint, estimator="importance_sampling", shard=1, num_shards=SHARDS, k=6)
+    shutil.rmtree(os.path.join(checkpoint, "shards"))
+
+
+def test_command_lines(checkpoint, tmp_path):
+    """eval/run.py --shard/--num-shards and eval/merge_shards.py as a user runs them; bad input is one error line."""
+    common = ["--checkpoint", checkpoint, "--estimator", "lower_bound", "--num-examples", "4", "--k", "2",
+              "--repeats", "1", "--batch-norm", "moving", "--validation-examples", "10"]
+    bad = run_command("eval/run.py", *common, "--shard", "2", "--num-shards", "2")
+    assert bad.returncode == 2 and "error: shard must be in 0 .. 1" in bad.stderr
+    for i in range(2):
+        done = run_command("eval/run.py", *common, "--shard", str(i), "--num-shards", "2")
+        assert done.returncode == 0, done.stderr
+    merged = run_command("eval/merge_shards.py", "--checkpoint", checkpoint, "--estimator", "lower_bound")
+    assert merged.returncode == 0, merged.stderr
+    assert "merged 2 shards, 4 examples" in merged.stdout
+    results = json.loads(open(os.path.join(checkpoint, "results_lower_bound.json")).read())
+    assert results["examples"] == {"first": 0, "stop": 4} and len(results["per_example_nats"]["estimate"][0]) == 4
+    nothing = run_command("eval/merge_shards.py", "--checkpoint", str(tmp_path), "--estimator", "lower_bound")
+    assert nothing.returncode == 2 and "error: no shard results of 'lower_bound'" in nothing.stderr
+    shutil.rmtree(os.path.join(checkpoint, "shards"))
