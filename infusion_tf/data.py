@@ -27,7 +27,7 @@ __all__ = ["IMAGE_DATASETS", "TOY_DATASETS", "DataUnavailableError", "check_data
            "make_train_dataset", "make_eval_dataset", "eval_points", "read_idx_in"]
 
 IMAGE_DATASETS = ("mnist", "fashion_mnist")  # read from local IDX files
-TOY_DATASETS = ("mixture_of_gaussians", "banana")
+TOY_DATASETS = ("mixture_of_gaussians", "banana", "kidney")
 BINARIZED_DATASETS = {"binarized_mnist": "mnist"}  # name -> the 8-bit dataset binarized statically (binarization.py)
 
 _BUNDLED_DIR = Path(__file__).resolve().parent / "datasets"
@@ -40,7 +40,8 @@ _IDX_MAGIC = {2051: "images", 2049: "labels"}  # 0x0803: uint8 x 3 dims, 0x0801:
 # margins reach 6.7 std of a mixture component and |x2| > 11.1 (5.5 std) / x1 > 27.7 for the banana, so
 # the final clip to [0, 1] changes fewer than 1 in 10^6 banana points and practically no mixture points.
 _TOY_BOXES = {"mixture_of_gaussians": (np.array([-1.5, -1.5]), np.array([1.5, 1.5])),
-              "banana": (np.array([-4.0, -10.0]), np.array([26.0, 10.0]))}
+              "banana": (np.array([-4.0, -10.0]), np.array([26.0, 10.0])),
+              "kidney": (np.array([-5.0, -5.0]), np.array([5.0, 5.0]))}  # its exact sampler's box: nothing clipped
 _MOG_COMPONENTS, _MOG_RADIUS, _MOG_STD = 8, 1.0, 0.1
 _TRAIN_EXAMPLES, _TEST_EXAMPLES = 50_000, 10_000  # toy split sizes, as MNIST's
 _SHUFFLE_TAG, _NOISE_TAG, _EVAL_TAG = 0, 1, 2  # keep the seed streams of the pipelines apart
@@ -325,6 +326,10 @@ def _toy_raw_samples(name: str, num_examples: int, rng: np.random.Generator) -> 
         x2 = 2.0 * rng.standard_normal(num_examples)  # x2 ~ N(0, 4)
         x1 = x2**2 / 4 + rng.standard_normal(num_examples)  # x1 | x2 ~ N(x2^2 / 4, 1)
         return np.stack([x1, x2], axis=1)
+    if name == "kidney":  # exact rejection sampler of App. I.2.1's density (toy_densities)
+        from infusion_tf import toy_densities
+
+        return toy_densities.kidney_raw_samples(num_examples, rng)
     raise ValueError(f"unknown toy dataset {name!r}; choose one of {TOY_DATASETS}")
 
 
@@ -340,6 +345,7 @@ def toy_samples(name: str, num_examples: int, seed: int) -> np.ndarray:
 
     "mixture_of_gaussians": 8 equally weighted Gaussians of std 0.1 evenly on the unit circle.
     "banana": log u(x1, x2) = -1/2 (x2^2 / 4 + (x1 - x2^2 / 4)^2), i.e. x2 ~ N(0, 4), x1 | x2 ~ N(x2^2/4, 1).
+    "kidney": Tao et al. (2019), App. I.2.1, by rejection (toy_densities.kidney_raw_samples).
     Returns: float32 [num_examples, 2] in [0, 1].
     """
     _check_int("seed", seed, 0)
@@ -349,7 +355,8 @@ def toy_samples(name: str, num_examples: int, seed: int) -> np.ndarray:
 def toy_to_raw(name: str, x: np.ndarray) -> np.ndarray:
     """Inverse of the fixed affine map of toy_samples: float64 [..., 2] in the raw space of `name`.
 
-    Box per coordinate (x1, x2), mapped onto [0.05, 0.95]: mixture [-1.5, 1.5]^2; banana [-4, 26] x [-10, 10].
+    Box per coordinate (x1, x2), mapped onto [0.05, 0.95]: mixture [-1.5, 1.5]^2; banana [-4, 26] x [-10, 10];
+    kidney [-5, 5]^2.
     A density in [0, 1]^2 is the raw density times prod((high - low) / 0.9).
     """
     low, high = _toy_box(name)

@@ -24,7 +24,7 @@ from infusion_tf import data
 
 __all__ = ["TOY_DENSITIES", "banana_log_unnormalized", "banana_log_normalizer", "kidney_log_unnormalized",
            "kidney_log_normalizer", "log_unnormalized", "log_normalizer", "log_density", "banana_samples",
-           "kidney_samples", "exact_samples"]
+           "kidney_raw_samples", "kidney_samples", "exact_samples"]
 
 TOY_DENSITIES = ("banana", "kidney")
 _KIDNEY_RADIUS, _KIDNEY_WIDTH, _KIDNEY_CENTER, _KIDNEY_SPREAD = 2.0, 0.4, 2.0, 0.6
@@ -114,21 +114,25 @@ def banana_samples(num_samples: int, seed: int) -> np.ndarray:
     return data.toy_to_raw("banana", data.toy_samples("banana", num_samples, seed))
 
 
-def kidney_samples(num_samples: int, seed: int) -> np.ndarray:
-    """float64 [n, 2] exact kidney samples by rejection from the uniform law on the box [-5, 5]^2.
+def kidney_raw_samples(num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """float64 [n, 2] exact kidney samples by rejection from the uniform law on the box [-5, 5]^2, drawn with `rng`.
 
     u <= 1 + 1e-9 everywhere (-1/2 s1^2 <= 0 and s2 + s3 <= 1 + exp(-22)), so accepting x with probability u(x) / (1 +
     1e-9) draws from u restricted to the box; outside it ||x|| > 5 and u < exp(-28), a mass below 1e-10 of Z. About
-    6.5% of the proposals are accepted (Z / 100).
+    6.5% of the proposals are accepted (Z / 100). data.py's "kidney" dataset uses it.
     """
-    rng = np.random.default_rng(seed)
     kept, total = [], 0
     while total < num_samples:
-        x = rng.uniform(-5.0, 5.0, size=(max(4 * num_samples, 1000) * 4, 2))
+        x = rng.uniform(-5.0, 5.0, size=(max(16 * num_samples, 4000), 2))
         x = x[rng.uniform(size=len(x)) * (1 + 1e-9) < np.exp(kidney_log_unnormalized(x))]
         kept.append(x)
         total += len(x)
     return np.concatenate(kept)[:num_samples]
+
+
+def kidney_samples(num_samples: int, seed: int) -> np.ndarray:
+    """float64 [n, 2] exact kidney samples (kidney_raw_samples) with numpy's default generator seeded by `seed`."""
+    return kidney_raw_samples(num_samples, np.random.default_rng(seed))
 
 
 def exact_samples(name: str, num_samples: int, seed: int) -> np.ndarray:
