@@ -45,7 +45,7 @@ from infusion_tf.files import write_json  # noqa: E402
 from infusion_tf.provenance import environment, portable_argv, portable_path  # noqa: E402
 
 __all__ = ["REPO", "RESULTS_DIR", "PEAK_SIZES", "matmul_peak", "measure_peaks", "operator_forward_flops",
-           "operator_kernel_shapes", "matmul_only_seconds", "environment", "portable_argv", "peak_rss_mb", "write_results", "read_results", "print_table",
+           "operator_kernel_shapes", "matmul_only_seconds", "training_passes", "environment", "portable_argv", "peak_rss_mb", "write_results", "read_results", "print_table",
            "base_parser", "percentile_summary", "reset_keras"]
 
 RESULTS_DIR = REPO / "bench" / "results"
@@ -128,56 +128,82 @@ def operator_kernel_shapes(model) -> tuple[list[tuple[int, int]], list[tuple[int
 def matmul_only_seconds(hidden, heads, passes, dtype: str = "float32", repeats: int = 7) -> float:
     """Seconds of a step's matrix products alone: the same shapes, batch and dtype, nothing else (best of repeats).
 
-    hidden, heads: (in, out) kernel shapes (`operator_kernel_shapes`). passes: a list of (rows, num_steps,
-    backward): `num_steps` dependent operator calls on `rows` rows each (the output of call t, cut to the
-    input width, is the input of call t + 1, so no two calls can be merged), with the backward products of
-    every call when `backward` is True: the kernels' gradients (rows^T @ upstream) and the inputs' gradients
-    (upstream @ kernel^T) of every layer but the first, whose input needs none. The training step's products
-    are [(B, T, True)] step by step, or [(B, T - 1, False), (T * B, 1, True)] when it draws the chain first and
-    scores all steps as one batch; evaluation's are [(rows, T, False)]. Weight gradients are returned, not
-    summed over calls, so no elementwise work is timed. This is the floor the step cannot beat with these
-    products: the step's time divided into this one is the share of its time that is matrix products.
+    hidden, heads: (in, out) kernel shapes (`operator_kernel_shapes`). passes: a list of (rows, num_steps, mode):
+    `num_steps` dependent operator calls on `rows` rows each (the output of call t, cut to the input width, is
+    the input of call t + 1, so no two calls can be merged), each doing the forward products ("forward"),
+    forward and backward ("forward_backward"), or the backward products alone on stored activations
+    ("backward"). Backward products are the kernels' gradients (input^T @ upstream) and the inputs' gradients
+    (upstream @ kernel^T) of every layer but the first, whose input needs none. Training step by step is
+    [(B, T, "forward_backward")]; the step that draws the chain first and replays its products when scoring
+    all steps as one batch is [(B, T, "forward"), (T * B, 1, "backward")]; evaluation is [(rows, T, "forward")].
+    Weight gradients are returned, not summed over calls, so no elementwise work is timed (but one addition of
+    the two heads' input gradients). This is the floor the step cannot beat with these products: the step's
+    time divided into this one is the share of its time that is matrix products.
     """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    modes = ("forward", "forward_backward", "backward")
+    if not passes or any(mode not in modes for _, _, mode in passes):
+        raise ValueError(f"passes must be (rows, num_steps, mode) with mode in {modes}, got {passes}")
     rng = np.random.default_rng(0)
     normal = lambda shape, scale: tf.cast(tf.constant(rng.standard_normal(shape) * scale, tf.float32), dtype)  # noqa: E731
     hidden_kernels = [normal(shape, 1 / math.sqrt(shape[0])) for shape in hidden]
     head_kernels = [normal(shape, 1 / math.sqrt(shape[0])) for shape in heads]
     width_in = hidden[0][0]
     inputs = [normal((rows, width_in), 1.0) for rows, _, _ in passes]
+    # Stored activations and upstream gradients of a backward-only pass: every layer's input, the heads' gradients.
+    stored = [[normal((rows, shape[0]), 1.0) for shape in hidden] + [normal((rows, heads[0][0]), 1.0)]
+              + [normal((rows, shape[1]), 1.0) for shape in heads] if mode == "backward" else []
+              for rows, _, mode in passes]
+
+    def backward(activations, h, heads_grad, outputs):
+        outputs += [tf.matmul(h, g, transpose_a=True) for g in heads_grad]
+        grad = tf.add_n([tf.matmul(g, kernel, transpose_b=True) for g, kernel in zip(heads_grad, head_kernels)])
+        for i in reversed(range(len(hidden_kernels))):
+            outputs.append(tf.matmul(activations[i], grad, transpose_a=True))
+            if i > 0:
+                grad = tf.matmul(grad, hidden_kernels[i], transpose_b=True)
+        outputs.append(grad)
 
     @tf.function
-    def products(inputs):
+    def products(inputs, stored):
         outputs = []
-        for (rows, steps, backward), z in zip(passes, inputs):
+        for (rows, steps, mode), z, saved in zip(passes, inputs, stored):
+            if mode == "backward":
+                n = len(hidden_kernels)
+                backward(saved[:n], saved[n], saved[n + 1:], outputs)
+                continue
             for _ in range(steps):
                 activations, h = [], z
                 for kernel in hidden_kernels:
                     activations.append(h)
                     h = tf.matmul(h, kernel)
                 outs = [tf.matmul(h, kernel) for kernel in head_kernels]
-                if backward:  # the heads' outputs stand in for their gradients: new values each call, so no
-                    heads_grad = outs  # two calls share a product that grappler could merge
-                    outputs += [tf.matmul(h, g, transpose_a=True) for g in heads_grad]
-                    grad = tf.add_n([tf.matmul(g, kernel, transpose_b=True) for g, kernel in zip(heads_grad,
-                                                                                               head_kernels)])
-                    for i in reversed(range(len(hidden_kernels))):
-                        outputs.append(tf.matmul(activations[i], grad, transpose_a=True))
-                        if i > 0:
-                            grad = tf.matmul(grad, hidden_kernels[i], transpose_b=True)
+                if mode == "forward_backward":  # the heads' outputs stand in for their gradients: new values
+                    backward(activations, h, outs, outputs)  # each call, so no two calls share a product
                 z = outs[0][:, :width_in]
             outputs.append(z)
         return outputs
 
-    products(inputs)  # trace, warm the oneDNN primitive caches
+    products(inputs, stored)  # trace, warm the oneDNN primitive caches
     best = float("inf")
     for _ in range(int(repeats)):
         start = time.perf_counter()
-        values = products(inputs)
+        values = products(inputs, stored)
         float(tf.reduce_sum(tf.cast(values[-1][:1, :1], tf.float32)))
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def training_passes(model) -> list[tuple[int, int, str]]:
+    """The products a model's training step does, as `matmul_only_seconds` passes (see there)."""
+    config = model.config
+    b, t = config.batch_size, config.num_steps
+    if getattr(model, "score_steps_together", False):
+        if getattr(model.operator, "supports_replay", False):
+            return [(b, t, "forward"), (t * b, 1, "backward")]
+        return [(b, t - 1, "forward"), (t * b, 1, "forward_backward")]
+    return [(b, t, "forward_backward")]
 
 
 def peak_rss_mb(children: bool = False) -> float:

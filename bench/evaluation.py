@@ -13,7 +13,10 @@ dequantized MNIST test examples, as `eval/run.py` does:
                          1000 examples; the default runs 64 examples so the script takes a minute or two).
 Each setting is warmed up by one call of its chunk's shape, then timed end to end (host-side
 accumulation included). Model FLOPs per chain = F * T (bench/common.py); ratio_to_peak is against the
-matmul peak of the compute dtype, measured in the same run.
+matmul peak of the compute dtype, measured in the same run. In the same run too: the chunk's matrix products
+alone (`common.matmul_only_seconds`, ratio_to_matmul_only = their time over the estimator's) and, for
+importance sampling, the same estimator written plainly (`plain_keras_step.PlainImportanceSampler`,
+float32; speedup_vs_plain_keras), unless --no-plain.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import common  # first: sets up sys.path and TensorFlow's logging
 
 import keras
 import numpy as np
+import plain_keras_step
 
 from infusion_tf import InfusionConfig, InfusionModel, data, estimators
 
@@ -92,6 +96,10 @@ def to_row(raw: dict, estimator: str, precision: str, forward: int, num_steps: i
         "ratio_to_float32_peak": achieved / peaks["float32"],
         "model_gflops_per_chain": forward * num_steps / 1e9,
         "seconds_for_1000_examples": raw["seconds"] * 1000 / raw["examples"],
+        "matmul_only_chains_per_second": 1.0 / raw["matmul_only_seconds_per_chain"],
+        "ratio_to_matmul_only": raw["matmul_only_seconds_per_chain"] * chains_total / raw["seconds"],
+        "plain_keras_chains_per_second": raw["plain"]["chains_per_second"] if "plain" in raw else None,
+        "speedup_vs_plain_keras": chains_per_second / raw["plain"]["chains_per_second"] if "plain" in raw else None,
         **{k: raw[k] for k in ("examples", "chains", "rows_per_call", "rows_per_call_used", "calls", "mean_nats",
                                "traces_during_timing")},
         "duration_seconds": raw["seconds"],
@@ -107,6 +115,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--is-examples", type=int, default=64)
     parser.add_argument("--is-chains", type=int, default=1000)
     parser.add_argument("--checkpoint", default=None, help="time a trained run folder instead of random weights")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain Keras importance sampler")
     args = parser.parse_args(argv)
     if args.quick:
         args.lb_examples, args.is_examples, args.rows_per_call = 200, 2, args.rows_per_call[:1]
@@ -128,6 +137,15 @@ def main(argv=None) -> list[dict]:
             for estimator, x, k in (("lower_bound", x_lb, args.lb_chains),
                                     ("importance_sampling", x_is, args.is_chains)):
                 raw = measure(scorer, x, estimator, k, rows_per_call, seed=len(raws))
+                used = raw["rows_per_call_used"]  # the products of one call: T forward calls on these rows
+                raw["matmul_only_seconds_per_chain"] = common.matmul_only_seconds(
+                    *common.operator_kernel_shapes(model), [(used, num_steps, "forward")],
+                    COMPUTE_DTYPE[precision]) / used
+                if estimator == "importance_sampling" and not args.no_plain:
+                    common.reset_keras()  # the plain reference (float32), same examples, chains and call size
+                    raw["plain"] = plain_keras_step.time_plain_importance_sampling(
+                        splits.train, x.reshape(len(x), -1), k, rows_per_call)
+                    keras.config.set_dtype_policy(precision)
                 raws.append((raw, estimator, precision, forward, num_steps))
                 print(f"{estimator} {precision} rows_per_call={rows_per_call}: {raw['seconds']:.1f} s")
         del scorer, model
@@ -140,8 +158,9 @@ def main(argv=None) -> list[dict]:
     path = common.write_results(SCRIPT, rows, results_dir=args.results_dir, settings=settings, started=started)
     print(f"matmul peak: float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s "
           f"(best of before/after)")
-    common.print_table(rows, ["name", "examples_per_second", "chains_per_second", "achieved_gflops", "peak_gflops",
-                              "ratio_to_peak", "seconds_for_1000_examples", "traces_during_timing"],
+    common.print_table(rows, ["name", "chains_per_second", "achieved_gflops", "ratio_to_peak",
+                              "matmul_only_chains_per_second", "ratio_to_matmul_only", "plain_keras_chains_per_second",
+                              "speedup_vs_plain_keras", "seconds_for_1000_examples", "traces_during_timing"],
                        title="evaluation throughput")
     print(f"\nwritten to {path}")
     return rows

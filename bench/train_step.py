@@ -16,6 +16,13 @@ traces after the warm-up epoch must be 0 across the timed steps and epochs.
 
 The float32 and bfloat16 matmul peaks are measured before and after the models (the larger counts), so
 ratio_to_peak compares numbers taken under the same load.
+
+Two references are timed in the same process (issue 14):
+- matmul-only: the step's own matrix products at the same shapes, batch and dtype, nothing else
+  (`common.matmul_only_seconds` with `common.training_passes(model)`); ratio_to_matmul_only is its time
+  divided by the step's, the share of the step that is products;
+- the plain Keras step (`plain_keras_step.py`, float32, what a user would write); speedup_vs_plain_keras is
+  this step's examples/s over the plain step's at the same batch size (skip it with --no-plain).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import time
 import common  # first: sets up sys.path and TensorFlow's logging
 
 import keras
+import plain_keras_step
 
 from infusion_tf import InfusionConfig, data
 from infusion_tf.training import build_model
@@ -89,7 +97,10 @@ def measure(train_array, batch_size: int, precision: str, warmup: int, steps: in
               shuffle=False)
     intervals = [b - a for a, b in zip(clock.times, clock.times[1:])]  # [timed_epochs * warmup] seconds
     forward = common.operator_forward_flops(model)
-    result = {"config": config, "intervals": intervals, "forward_flops": forward,
+    passes = common.training_passes(model)
+    matmul_only = common.matmul_only_seconds(*common.operator_kernel_shapes(model), passes, COMPUTE_DTYPE[precision])
+    result = {"config": config, "matmul_only_seconds": matmul_only, "matmul_only_passes": passes,
+              "scores_steps_together": bool(model.score_steps_together), "intervals": intervals, "forward_flops": forward,
               "flops_per_example": 3.0 * forward * config.num_steps, "traces_total": counter[0],
               "traces_during_timing": counter[0] - clock.traces_before_timing, "final_loss": clock.last_loss,
               "duration_seconds": time.time() - started}
@@ -125,6 +136,12 @@ def to_row(raw: dict, peaks: dict[str, float]) -> dict:
         "ratio_to_peak": achieved / peak,
         "ratio_to_float32_peak": achieved / peaks["float32"],
         "speedup_vs_float32": None,
+        "scores_steps_together": raw["scores_steps_together"],
+        "matmul_only_passes": raw["matmul_only_passes"],
+        "matmul_only_examples_per_second": config.batch_size / raw["matmul_only_seconds"],
+        "ratio_to_matmul_only": raw["matmul_only_seconds"] / timing["median"],
+        "plain_keras_examples_per_second": None,
+        "speedup_vs_plain_keras": None,
         "traces_total": raw["traces_total"],
         "traces_during_timing": raw["traces_during_timing"],
         "final_loss": raw["final_loss"],
@@ -139,6 +156,7 @@ def main(argv=None) -> list[dict]:
                         choices=sorted(COMPUTE_DTYPE))
     parser.add_argument("--warmup", type=int, default=10, help="batches per epoch; epoch 0 is the warm-up")
     parser.add_argument("--steps", type=int, default=50, help="timed batches (rounded up to whole epochs)")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain Keras reference step")
     args = parser.parse_args(argv)
     if args.quick:
         args.warmup, args.steps = 3, 6
@@ -148,21 +166,32 @@ def main(argv=None) -> list[dict]:
     train_array = data.load_splits("mnist").train  # uint8 [50000, 28, 28, 1]
     peaks_before = common.measure_peaks(args.quick)
     raws = [measure(train_array, b, p, args.warmup, args.steps) for b in args.batch_sizes for p in args.precisions]
+    plain = {}
+    if not args.no_plain:  # the same step written plainly (bench/plain_keras_step.py), float32, in this process
+        for b in args.batch_sizes:
+            common.reset_keras()
+            plain[b] = plain_keras_step.time_plain_step(train_array, b, args.warmup, args.steps)
     peaks_after = common.measure_peaks(args.quick)
     peaks = {k: max(peaks_before[k], peaks_after[k]) for k in peaks_before}
     rows = [to_row(raw, peaks) for raw in raws]
+    for row in rows:
+        if row["batch_size"] in plain:
+            row["plain_keras_examples_per_second"] = plain[row["batch_size"]]["examples_per_second"]
+            row["speedup_vs_plain_keras"] = row["examples_per_second"] / row["plain_keras_examples_per_second"]
     for row in rows:
         base = next((r for r in rows if r["batch_size"] == row["batch_size"] and r["precision"] == "float32"), None)
         if base is not None and row["precision"] != "float32":
             row["speedup_vs_float32"] = row["examples_per_second"] / base["examples_per_second"]
     settings = {**vars(args), "train_examples": len(train_array), "peaks_before": peaks_before,
+                "plain_keras_step": {b: {k: v for k, v in r.items() if k != "name"} for b, r in plain.items()},
                 "peaks_after": peaks_after,
                 "flop_convention": "3 * F * T per example, F = operator forward matmul FLOPs (bench/common.py)"}
     path = common.write_results(SCRIPT, rows, results_dir=args.results_dir, settings=settings, started=started)
     print(f"matmul peak: float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s "
           f"(best of before/after)")
-    common.print_table(rows, ["name", "examples_per_second", "examples_per_second_mean", "achieved_gflops",
-                              "peak_gflops", "ratio_to_peak", "ratio_to_float32_peak", "speedup_vs_float32",
+    common.print_table(rows, ["name", "examples_per_second", "achieved_gflops", "ratio_to_peak",
+                              "matmul_only_examples_per_second", "ratio_to_matmul_only",
+                              "plain_keras_examples_per_second", "speedup_vs_plain_keras", "speedup_vs_float32",
                               "traces_during_timing"], title="training throughput (median step)")
     print(f"\nwritten to {path}")
     return rows

@@ -27,6 +27,7 @@ CONFIG_FILENAME = "config.json"
 
 _VARIANCES = ("diagonal", "isotropic")
 _SCHEDULES = ("increasing", "constant")
+_LR_SCHEDULES = ("constant", "cosine", "linear")
 _CONV_DEPTH = 2  # the depth field's default, which the conv operator ignores
 MAX_SEED = 2**31 - 1  # seeds enter the stateless random ops as int32 pairs [seed, ...]
 
@@ -102,6 +103,7 @@ class InfusionConfig(ModelConfig):
     # --- optimization
     batch_size: int = 100
     learning_rate: float = 1e-3  # Adam
+    lr_schedule: str = "constant"  # constant (the paper) | cosine | linear: decay from learning_rate to 0 at the end of `epochs`
     epochs: int = 1500  # the authors' code; early stopping on the validation bound picks the model
     patience: int | None = None  # stop after this many epochs without a better validation bound; None: never
     precision: str = "float32"  # float32 | mixed_bfloat16 (densities stay float32) | auto: bfloat16 where the hardware has the units
@@ -121,6 +123,7 @@ class InfusionConfig(ModelConfig):
         _check_choice("variance", self.variance, _VARIANCES)
         OBJECTIVES.check("objective", self.objective)
         _check_choice("schedule", self.schedule, _SCHEDULES)
+        _check_choice("lr_schedule", self.lr_schedule, _LR_SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
         if not self.dataset or not self.dataset.strip():
             raise ValueError("dataset must be a non-empty name, got an empty string")

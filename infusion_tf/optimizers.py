@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-__all__ = ["FusedAdam", "adam"]
+__all__ = ["FusedAdam", "adam", "learning_rate_schedule"]
 
 
 @keras.saving.register_keras_serializable(package="infusion_tf")
@@ -45,3 +45,21 @@ def adam(learning_rate, **kwargs) -> keras.optimizers.Adam:
     a keras.optimizers.schedules.LearningRateSchedule; kwargs go to Adam (beta_1, beta_2, epsilon, ...)."""
     cls = FusedAdam if keras.backend.backend() == "tensorflow" else keras.optimizers.Adam
     return cls(learning_rate, **kwargs)
+
+
+def learning_rate_schedule(kind: str, learning_rate: float, total_steps: int):
+    """The learning rate of `--lr-schedule`: constant (the paper's), or a decay over the run's budget of
+    `total_steps` optimizer steps (epochs x steps per epoch) from learning_rate to 0: cosine,
+    lr (1 + cos(pi s / S)) / 2, or linear, lr (1 - s / S). Past S the rate stays 0.
+    Returns: a float (constant) or a keras LearningRateSchedule. Raises: ValueError for another kind or S < 1.
+    """
+    if kind == "constant":
+        return float(learning_rate)
+    if int(total_steps) < 1:
+        raise ValueError(f"a {kind} learning-rate decay needs at least one step, got total_steps={total_steps}")
+    if kind == "cosine":
+        return keras.optimizers.schedules.CosineDecay(float(learning_rate), int(total_steps), alpha=0.0)
+    if kind == "linear":
+        return keras.optimizers.schedules.PolynomialDecay(float(learning_rate), int(total_steps),
+                                                          end_learning_rate=0.0, power=1.0)
+    raise ValueError(f"lr_schedule must be one of constant, cosine, linear; got {kind!r}")

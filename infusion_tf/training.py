@@ -39,9 +39,16 @@ def build_model(config, train_array: np.ndarray | None = None):
     model = checkpoint.build_model(config)  # its layers compute in config.precision
     if train_array is not None:
         model.fit_prior(train_array)
-    # A model may name its optimizer (make_optimizer()); the default is Adam(config.learning_rate), fused.
+    # A model may name its optimizer (make_optimizer()); the default is Adam, fused, whose learning rate follows
+    # config.lr_schedule over the run's budget (epochs x steps per epoch of train_array).
     make_optimizer = getattr(model, "make_optimizer", None)
-    model.compile(optimizer=make_optimizer() if callable(make_optimizer) else optimizers.adam(config.learning_rate))
+    if callable(make_optimizer):
+        optimizer = make_optimizer()
+    else:
+        kind = getattr(config, "lr_schedule", "constant") if train_array is not None else "constant"
+        budget = 0 if train_array is None else len(train_array) // config.batch_size * config.epochs
+        optimizer = optimizers.adam(optimizers.learning_rate_schedule(kind, config.learning_rate, budget))
+    model.compile(optimizer=optimizer)
     model.optimizer.build(model.trainable_variables)  # its slots exist before the first step is traced
     return model
 
