@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import typing
 
 from infusion_tf import config as config_lib
+from infusion_tf import distribute
 from infusion_tf.config import InfusionConfig
 from infusion_tf.console import BAD_INPUT, OneLineErrorParser, field_help, print_error, quiet_tensorflow_logs
 from infusion_tf.registry import MODEL_CONFIGS, MODELS
@@ -106,6 +108,14 @@ def train_parser(config_class: type = InfusionConfig) -> argparse.ArgumentParser
                         help="enable TensorFlow's op determinism: a run, interrupted and resumed or not, gives "
                              "bit-identical weights on the same machine (somewhat slower; pass it again with "
                              "--resume)")
+    parser.add_argument("--strategy", default="auto", choices=distribute.STRATEGIES,
+                        help="how to spread training (docs/distributed.md): one_device; mirrored (the local GPUs); "
+                             "multi_worker (the machines TF_CONFIG lists; the chief writes the run folder); auto "
+                             "(default): multi_worker with a TF_CONFIG of several tasks, else mirrored with several "
+                             "GPUs, else one_device")
+    parser.add_argument("--collective-timeout", type=float, default=None,
+                        help="multi_worker: seconds a step waits for the other workers before it fails, e.g. after "
+                             "one was killed (default: TensorFlow's, no limit)")
     add_config_flags(parser, config_class)
     return parser
 
@@ -116,6 +126,19 @@ def export_main(argv: list[str] | None = None) -> int:
     from infusion_tf.export import main
 
     return main(argv)
+
+
+def _make_strategy(args: argparse.Namespace):
+    """The tf.distribute strategy of --strategy (None: one device, TensorFlow's default), from the TF_CONFIG
+    environment variable and the GPUs present. Raises: ValueError for a bad TF_CONFIG or a strategy without one."""
+    cluster = distribute.read_tf_config(os.environ.get("TF_CONFIG"))
+    import tensorflow as tf
+
+    name = distribute.choose_strategy(args.strategy, cluster, len(tf.config.list_physical_devices("GPU")))
+    if args.verbose and name != "one_device":
+        print(f"strategy:  {name}" + (f", task {cluster.task_type} {cluster.task_index} of {cluster.tasks}"
+                                      f"{' (chief)' if cluster.is_chief else ''}" if name == "multi_worker" else ""))
+    return distribute.make_strategy(name, timeout_seconds=args.collective_timeout)
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -134,6 +157,7 @@ def train_main(argv: list[str] | None = None) -> int:
         from infusion_tf import precision as precision_lib
         from infusion_tf import run_folder, training
 
+        strategy = _make_strategy(args)  # before any other TensorFlow work (MultiWorkerMirroredStrategy needs it)
         precision_note = None
         if getattr(args, "precision", None) == "auto":  # a resumed run keeps the precision it chose when it started
             args.precision, precision_note = (None, None) if args.resume else precision_lib.resolve_precision("auto")
@@ -163,9 +187,12 @@ def train_main(argv: list[str] | None = None) -> int:
 
             tf.config.experimental.enable_op_determinism()
         training.train(config, output_dir, data_dir=args.data_dir, resume=args.resume,
-                       overwrite=args.overwrite, verbose=args.verbose)
+                       overwrite=args.overwrite, verbose=args.verbose, strategy=strategy)
     except (*BAD_INPUT, FloatingPointError) as e:  # OSError: FileNotFoundError, unwritable folders, offline
         return print_error(e)
+    except distribute.WorkerLost as e:  # another worker of the cluster is gone; says how to resume
+        print_error(e)
+        return 1
     except KeyboardInterrupt as e:  # training.TrainingInterrupted says where the run can resume from
         print(f"\n{e}" if str(e) else "\ninterrupted", file=sys.stderr)
         return 128 + int(getattr(e, "signum", signal.SIGINT))

@@ -22,6 +22,7 @@ import numpy as np
 
 from infusion_tf import checkpoint, optimizers, protocol
 from infusion_tf import data as data_lib
+from infusion_tf import distribute
 from infusion_tf import visualize
 from infusion_tf.config import InfusionConfig
 from infusion_tf.run_folder import (Progress, RunPaths, check_output_dir, commit_epoch, create_output_dir,
@@ -89,9 +90,11 @@ class CheckpointCallback(keras.callbacks.Callback):
     validation metric (`protocol.monitor`: the lower bound unless the model names another) improves, and
     state.json. Goes after the callbacks that log the epoch (see the module docstring)."""
 
-    def __init__(self, paths: RunPaths, guard: NonFiniteLossGuard, progress: Progress = Progress()):
+    def __init__(self, paths: RunPaths, guard: NonFiniteLossGuard, progress: Progress = Progress(),
+                 commit: bool = True):
         super().__init__()
         self.paths, self.guard, self.progress = paths, guard, progress
+        self.commit = commit  # False on a worker that is not the chief: it keeps the Progress and writes nothing
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -103,7 +106,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         improved = math.isfinite(bound) and bound > self.progress.best_val_lower_bound
         self.progress = Progress(epoch + 1, *((bound, epoch + 1) if improved else
                                               (self.progress.best_val_lower_bound, self.progress.best_epoch)))
-        commit_epoch(self.paths, self.model, self.progress, improved)
+        if self.commit:
+            commit_epoch(self.paths, self.model, self.progress, improved)
 
 
 class PatienceStopping(keras.callbacks.Callback):
@@ -264,49 +268,59 @@ class SamplesCallback(keras.callbacks.Callback):
 
 
 def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = None, resume: bool = False,
-          overwrite: bool = False, verbose: int | str = 1, callbacks=(), export: bool = True) -> keras.callbacks.History:
+          overwrite: bool = False, verbose: int | str = 1, callbacks=(), export: bool = True,
+          strategy=None) -> keras.callbacks.History:
     """Trains a model as `config` says, writing the run folder that run_folder's docstring lists into `output_dir`.
 
     Stops after config.epochs, or earlier when the validation bound has not improved for config.patience
     epochs. Raises: ValueError / FileNotFoundError for bad settings, data or checkpoints, before anything is
     written; FloatingPointError if the loss becomes NaN or infinite (the last good checkpoint stays);
     TrainingInterrupted after SIGINT or SIGTERM, once what is complete is saved.
+    strategy: a tf.distribute strategy (distribute.make_strategy) or None. Only its chief writes the folder;
+    distribute.WorkerLost when another worker of a cluster is gone (committed epochs are kept).
     """
-    check_output_dir(output_dir, config, resume=resume, overwrite=overwrite)
+    chief = distribute.is_chief(strategy)
+    if chief or resume:  # a fresh run's folder is the chief's to create: the others do not look at it
+        check_output_dir(output_dir, config, resume=resume, overwrite=overwrite)
     # Bad data, or on --resume data other than the run's own, fail here, before anything is written.
     full_splits, source = load_run_data(config, output_dir if resume else None, data_dir)
     splits = training_splits(config, full_splits)
     paths = RunPaths(output_dir)
     # make_train_dataset drops the last partial batch; it also rejects a set smaller than one batch.
     steps_per_epoch = max(1, len(splits.train) // config.batch_size)
-    resumed = resume_model(paths, config, steps_per_epoch) if resume else None
-    if resumed is None:
-        model, progress = build_model(config, splits.train), Progress()
-        warm_start(model, getattr(config, "init_from", None))  # a source that does not fit fails before any write
-    if resume:
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():  # variables on every replica
+        resumed = resume_model(paths, config, steps_per_epoch) if resume else None
+        if resumed is None:
+            model, progress = build_model(config, splits.train), Progress()
+            warm_start(model, getattr(config, "init_from", None))  # a source that does not fit fails before any write
+    if resume and chief:
         update_output_dir(output_dir, config, source)  # a resumed run may change RESUMABLE_FIELDS
-    else:
+    elif chief:
         create_output_dir(output_dir, config, overwrite=overwrite, data_source=source)
     if resumed is not None:
         model, progress = resumed
-        repair_run_folder(paths, model, progress)
+        if chief:
+            repair_run_folder(paths, model, progress)
     finished = progress.epoch >= config.epochs or (
         config.patience is not None and progress.epochs_without_improvement >= config.patience)
     if finished:
         print(f"run in {output_dir} already finished: {progress.epoch} epochs (--epochs {config.epochs}), best "
               f"epoch {progress.best_epoch} (--patience {config.patience})")
-        if export and not os.path.isfile(os.path.join(paths.saved_model, "saved_model.pb")):
-            _export_best(model, paths)  # the run was stopped while exporting
+        if export and chief and not os.path.isfile(os.path.join(paths.saved_model, "saved_model.pb")):
+            _export_best(model, paths, strategy)  # the run was stopped while exporting
         return keras.callbacks.History()
     train_ds, _ = data_lib.make_train_dataset(splits.train, config.batch_size, seed=config.seed,
                                               dequantize=config.dequantize, initial_epoch=progress.epoch,
                                               epochs=config.epochs)
     val_ds = data_lib.make_eval_dataset(splits.validation, config.batch_size, seed=config.seed + 1,
                                         dequantize=config.dequantize)
-    if verbose:
+    if strategy is not None:  # each worker keeps its replicas' rows of every global batch
+        train_ds, val_ds = distribute.shard_by_data(train_ds), distribute.shard_by_data(val_ds)
+        model = distribute.prepare_model(model, strategy)
+    if verbose and chief:
         print("\n".join(describe_run(config, splits, model, output_dir, progress)), flush=True)
     guard = NonFiniteLossGuard()
-    checkpoint = CheckpointCallback(paths, guard, progress)
+    checkpoint = CheckpointCallback(paths, guard, progress, commit=chief)
     patience, stop = PatienceStopping(checkpoint, config.patience), StopOnSignal()
     reference = splits.train[:2000] if len(config.example_shape) == 1 else None
     loggers = [keras.callbacks.CSVLogger(paths.log, append=progress.epoch > 0),
@@ -315,11 +329,24 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
     timer = [EpochTimer(config.epochs)] if verbose else []
     all_callbacks = [guard, *loggers, SamplesCallback(paths, config, reference, guard=guard), *callbacks, checkpoint,
                      patience, *timer, stop]
+    if not chief:  # the other workers log, draw and commit nothing
+        loggers = []
+        all_callbacks = [guard, *callbacks, checkpoint, patience, stop]
     with stop.installed():
         try:
             history = model.fit(train_ds, epochs=config.epochs, initial_epoch=progress.epoch,
                                 steps_per_epoch=steps_per_epoch, validation_data=val_ds, callbacks=all_callbacks,
                                 verbose=verbose, shuffle=False)
+        except distribute.collective_errors() as e:
+            if distribute.num_workers(strategy) == 1:
+                raise
+            for logger in loggers:
+                logger.on_train_end()
+            raise distribute.WorkerLost(
+                f"a worker of the cluster stopped or cannot be reached; the last committed epoch is "
+                f"{checkpoint.progress.epoch} in {paths.checkpoints}: restart every worker with --resume --output-dir "
+                f"{output_dir} "
+                f"({type(e).__name__})") from None
         except KeyboardInterrupt as e:
             for logger in loggers:  # fit does not end its callbacks on an exception: flush and close the logs
                 logger.on_train_end()
@@ -337,14 +364,16 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
         print(f"early stopping after epoch {checkpoint.progress.epoch}: the validation "
               f"{protocol.monitor(model)[0].replace('_', ' ')} has not improved "
               f"since epoch {checkpoint.progress.best_epoch} (--patience {config.patience})")
-    if export:
-        _export_best(model, paths)
+    if export and chief:
+        _export_best(model, paths, strategy)
     return history
 
 
-def _export_best(model, paths: RunPaths) -> None:
+def _export_best(model, paths: RunPaths, strategy=None) -> None:
     from infusion_tf.export import export_saved_model
 
-    if os.path.isfile(paths.best_weights):
+    if strategy is not None:  # a copy built outside the strategy (best weights, else last): one device's SavedModel
+        model = checkpoint.load_checkpoint(paths.root, precision=getattr(model.config, "precision", None))
+    elif os.path.isfile(paths.best_weights):
         model.load_weights(paths.best_weights)
     export_saved_model(model, paths.saved_model)
