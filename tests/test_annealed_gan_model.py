@@ -62,6 +62,7 @@ def test_train_and_evaluate_through_the_commands(tmp_path):
     refused = run_command("eval/run.py", "--checkpoint", run, "--estimator", "importance_sampling")
     assert_usage_error(refused, "likelihood", "annealed_gan")
     parzen = run_command("eval/run.py", "--checkpoint", run, "--estimator", "parzen", "--num-examples", "200",
+                         "--num-samples", "500", "--repeats", "1", "--validation-examples", "200",
                          "--output", tmp_path / "parzen.json")
     assert parzen.returncode == 0, parzen.stderr
     assert np.isfinite(json.loads((tmp_path / "parzen.json").read_text())["mean_nats"])
