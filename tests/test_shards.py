@@ -82,8 +82,9 @@ def test_merged_shards_equal_an_unsharded_run(checkpoint, tmp_path, estimator):
         np.testing.assert_array_equal(merged["per_example_nats"][kind], whole["per_example_nats"][kind])
         assert np.asarray(whole["per_example_nats"][kind]).shape == (2, N)
     for key in ("mean_nats", "std_nats", "repeats_nats", "standard_error_nats", "lower_bound_same_chains",
-                "bits_per_dim", "examples"):
+                "examples"):
         assert merged[key] == whole[key], key
+    assert merged["bits_per_dim"] == pytest.approx(whole["bits_per_dim"], rel=1e-12)
     np.testing.assert_allclose(merged["per_step"], whole["per_step"], rtol=1e-12)
     assert merged.get("isotropic_variance") == whole.get("isotropic_variance")
     assert merged["settings"]["num_shards"] == 1 and len(merged["shards"]) == 3
@@ -126,20 +127,20 @@ def test_a_finished_shard_is_not_recomputed(checkpoint, monkeypatch):
     shutil.rmtree(os.path.join(checkpoint, "shards"))
 
 
-def test_command_lines(checkpoint, tmp_path):
+def test_command_lines(checkpoint, tmp_path, capsys):
     """eval/run.py --shard/--num-shards and eval/merge_shards.py as a user runs them; bad input is one error line."""
     common = ["--checkpoint", checkpoint, "--estimator", "lower_bound", "--num-examples", "4", "--k", "2",
               "--repeats", "1", "--batch-norm", "moving", "--validation-examples", "10"]
-    bad = run_command("eval/run.py", *common, "--shard", "2", "--num-shards", "2")
-    assert bad.returncode == 2 and "error: shard must be in 0 .. 1" in bad.stderr
-    for i in range(2):
-        done = run_command("eval/run.py", *common, "--shard", str(i), "--num-shards", "2")
-        assert done.returncode == 0, done.stderr
+    assert evaluate.main([*common, "--shard", "2", "--num-shards", "2"]) == 2
+    assert "error: shard must be in 0 .. 1" in capsys.readouterr().err
+    assert evaluate.main([*common, "--shard", "0", "--num-shards", "2"]) == 0
+    done = run_command("eval/run.py", *common, "--shard", "1", "--num-shards", "2")
+    assert done.returncode == 0, done.stderr
     merged = run_command("eval/merge_shards.py", "--checkpoint", checkpoint, "--estimator", "lower_bound")
     assert merged.returncode == 0, merged.stderr
     assert "merged 2 shards, 4 examples" in merged.stdout
     results = json.loads(open(os.path.join(checkpoint, "results_lower_bound.json")).read())
     assert results["examples"] == {"first": 0, "stop": 4} and len(results["per_example_nats"]["estimate"][0]) == 4
-    nothing = run_command("eval/merge_shards.py", "--checkpoint", str(tmp_path), "--estimator", "lower_bound")
-    assert nothing.returncode == 2 and "error: no shard results of 'lower_bound'" in nothing.stderr
+    assert shards.merge_main(["--checkpoint", str(tmp_path), "--estimator", "lower_bound"]) == 2
+    assert "error: no shard results of 'lower_bound'" in capsys.readouterr().err
     shutil.rmtree(os.path.join(checkpoint, "shards"))
