@@ -16,6 +16,9 @@ dequantized as the run trained (config.dequantize: uniform noise of 1/256 fixed 
 al. (2016)) unless --dequantize / --no-dequantize says otherwise. The data are the run's own, found where its
 data_source.json says (--data-dir only when they have moved; other data are refused).
 Results go to `<checkpoint>/results_<estimator>.json` (or --output), with the dequantization used and the data source.
+The chains of example j are seeded by (seed, repeat, j), so --shard I --num-shards N can score a slice of the examples
+on each machine (`<checkpoint>/shards/`, resumed when finished) and eval/merge_shards.py joins them into the results
+of an unsharded run (shards.py, docs/distributed.md).
 --model-setting NAME=VALUE (repeatable) sets a config field that the model marks as evaluation-only
 (its `evaluation_settings`, e.g. short_run_ot's proposal chains) for this evaluation; the results record it.
 """
