@@ -3,6 +3,9 @@
 From a run folder (or a pretrained/ folder) it writes into --output-dir:
     samples.png             100 samples, means of the last of config.sampling_steps steps (the paper's Figure 4)
     chains.png              10 model sampling chains, z(0) on the left to the last step (Figure 1)
+    infusion_chains.png     10 infusion chains infused by test digits (Figure 1 bottom, Figure 8a): z~(0) .. z~(T-1)
+                            drawn from q, the mean of p(T)(. | z~(T-1)), and the target digit in the last column
+                            (infusion models only)
     training_curve.png      lower bound per epoch, train and validation, from the run's log.csv (Figure 3);
                             skipped when the folder has no log.csv
     inpainting.png          test digits whose bottom half is filled in given their top half (Section 4.3,
@@ -28,7 +31,7 @@ from infusion_tf.console import BAD_INPUT, OneLineErrorParser, check_output_fold
 from infusion_tf.config import check_seed
 from infusion_tf.protocol import capabilities
 
-__all__ = ["FigureSettings", "write_figures", "figures_parser", "main"]
+__all__ = ["FigureSettings", "write_figures", "figures_parser", "main", "infusion_chain_figure"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +129,22 @@ def write_figures(settings: FigureSettings) -> dict[str, str]:
     return written
 
 
+def infusion_chain_figure(model, digits: np.ndarray, seed: int) -> np.ndarray:
+    """The columns of the infusion-chain figure (Figure 1 bottom, Figure 8a) for test digits (uint8 or float
+    [N, H, W, C]): z~(0) .. z~(T-1) ~ q(z~ | x) (`chains.infusion_trajectory`, moving batch-norm statistics), the
+    mean of p(T)(. | z~(T-1)), then x. Returns float32 [T + 2, N, H, W, C] in [0, 1] (draws clipped for display)."""
+    import tensorflow as tf
+
+    from infusion_tf import chains, data
+
+    x = tf.constant(data.eval_points(digits, seed=seed, dequantize=model.config.dequantize))
+    z = chains.infusion_trajectory(model.operator, x, model.prior_mean, model.prior_variance, model.alpha,
+                                   model.config.delta_variance, chains.seed_pair(seed), use_batch_statistics=False)
+    mean, _ = model.operator(z[-1], step=model.config.num_steps - 1, use_batch_statistics=False)
+    columns = tf.concat([z, mean[None], x[None]], axis=0)
+    return np.clip(columns.numpy(), 0.0, 1.0).astype(np.float32)
+
+
 def _draw(model, train: np.ndarray, test: np.ndarray, settings: FigureSettings, folder: str) -> dict[str, str]:
     """Draws every figure into `folder`, printing progress with the paths they will have in --output-dir."""
     from infusion_tf import quality, visualize
@@ -133,7 +152,7 @@ def _draw(model, train: np.ndarray, test: np.ndarray, settings: FigureSettings, 
     steps = settings.sampling_steps or model.config.sampling_steps
     log = os.path.join(settings.checkpoint, "log.csv")
     path = {name: os.path.join(folder, f"{name}.png")
-            for name in ("samples", "chains", "training_curve", "inpainting", "nearest_neighbours")}
+            for name in ("samples", "chains", "infusion_chains", "training_curve", "inpainting", "nearest_neighbours")}
     written, total = {}, len(path)
 
     def progress(i, name, what):
@@ -153,8 +172,16 @@ def _draw(model, train: np.ndarray, test: np.ndarray, settings: FigureSettings, 
         wrote("chains", visualize.save_chain_grid(path["chains"], np.asarray(chain)))  # chain: [steps + 1, n, ...]
     else:
         progress(2, "chains", f"skipped: model {model.config.model!r} has no sampling chain")
+    if getattr(model.config, "model", None) == "infusion":
+        rows = min(settings.num_chains, len(test))
+        progress(3, "infusion_chains", f"{rows} infusion chains of {model.config.num_steps} steps, infused by test digits")
+        wrote("infusion_chains", visualize.save_chain_grid(path["infusion_chains"],
+                                                           infusion_chain_figure(model, test[:rows], settings.seed),
+                                                           max_columns=model.config.num_steps + 2))
+    else:
+        progress(3, "infusion_chains", f"skipped: model {model.config.model!r} has no infusion chain")
     if os.path.isfile(log):
-        progress(3, "training_curve", f"lower bound per epoch from {log}")
+        progress(4, "training_curve", f"lower bound per epoch from {log}")
         try:
             wrote("training_curve", visualize.plot_curves(
                 log, path["training_curve"], title=f"{model.config.dataset}: lower bound during training",
@@ -162,17 +189,17 @@ def _draw(model, train: np.ndarray, test: np.ndarray, settings: FigureSettings, 
         except ValueError as e:  # an empty or damaged log: the other figures are still worth having
             print(f"      skipped: {e}", flush=True)
     else:
-        progress(3, "training_curve", f"skipped: {settings.checkpoint!r} has no log.csv")
+        progress(4, "training_curve", f"skipped: {settings.checkpoint!r} has no log.csv")
     digits = min(settings.inpaint_digits, len(test))
     if "inpaint" not in caps:
-        progress(4, "inpainting", f"skipped: model {model.config.model!r} does not inpaint")
+        progress(5, "inpainting", f"skipped: model {model.config.model!r} does not inpaint")
         digits = 0
     if digits:
-        progress(4, "inpainting", f"bottom half of {digits} test digits, {settings.completions} completions each, "
+        progress(5, "inpainting", f"bottom half of {digits} test digits, {settings.completions} completions each, "
                                   f"{steps} steps")
         wrote("inpainting", _inpainting(model, test, settings, steps, path["inpainting"]))
     rows = min(10, len(samples))
-    progress(5, "nearest_neighbours", f"{settings.neighbours} nearest of {len(train)} training images "
+    progress(6, "nearest_neighbours", f"{settings.neighbours} nearest of {len(train)} training images "
                                       f"for {rows} samples")
     wrote("nearest_neighbours", quality.save_nearest_neighbour_figure(
         path["nearest_neighbours"], samples[:rows], train, num=rows, neighbours=settings.neighbours))

@@ -253,7 +253,7 @@ def infusion_trajectory(operator: Operator, x, prior_mean, prior_variance, alpha
 
 def score_infusion_chain(operator: Operator, x, z_tilde, prior_mean, prior_variance, alpha, delta_variance: float,
                          *, use_batch_statistics: bool = True, update_statistics: bool = False,
-                         products=None) -> ChainTerms:
+                         products=None, score_draws: bool = True) -> ChainTerms:
     """Scores given infusion chains under p and q with one operator call for all T steps (Eq. 3's terms).
 
     z_tilde: [T, B, ...], z~(t) for t = 0 .. T-1 (from `infusion_trajectory`); x: [B, ...]. The operator
@@ -262,12 +262,16 @@ def score_infusion_chain(operator: Operator, x, z_tilde, prior_mean, prior_varia
     the T steps as one batch.
     `products`: the Dense outputs `infusion_trajectory(record_products=True)` recorded on these draws; the
     operator replays them (no forward products) and only its backward products run on the T * B rows.
+    `score_draws=False` computes only the denoising terms log p(t)(x | z~(t-1)), as in `infusion_chain`.
     Returns: ChainTerms, each [T, B], equal to `infusion_chain`'s for the same draws.
     """
     num_steps = int(z_tilde.shape[0])
     replay = {} if products is None else {"products": products}
     mean, variance = operator(z_tilde, step=None, use_batch_statistics=use_batch_statistics,
                               update_statistics=update_statistics, **replay)  # [T, B, ...]: p(t+1)(. | z~(t))
+    if not score_draws:
+        return ChainTerms(_sum_dims(gaussian_log_prob(x, mean, variance), 2), None, None,
+                          _sum_dims(tf.square(x - mean[-1])))
     # The distribution each z~(t) was drawn from: p(0), then p(t)(. | z~(t-1)).
     prior_shaped = tf.zeros_like(z_tilde[:1])
     draw_mean = tf.concat([prior_shaped + prior_mean, mean[:-1]], axis=0)  # [T, B, ...]

@@ -49,7 +49,7 @@ def build_model(config, precision: str | None = None):
 def _architecture(config) -> str:
     """The settings that decide a model's weights, for an error message: every non-training field."""
     skip = {"dataset", "dequantize", "train_examples", "validation_examples", "batch_size", "learning_rate",
-            "lr_schedule", "epochs", "patience", "precision", "seed", "sample_every", "sampling_steps", "objective", "eta0", "init_from"}
+            "lr_schedule", "ema_momentum", "epochs", "patience", "precision", "seed", "sample_every", "sampling_steps", "objective", "eta0", "init_from"}
     return ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k not in skip)
 
 

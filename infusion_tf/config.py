@@ -104,6 +104,7 @@ class InfusionConfig(ModelConfig):
     batch_size: int = 100
     learning_rate: float = 1e-3  # Adam
     lr_schedule: str = "constant"  # constant (the paper) | cosine | linear: decay from learning_rate to 0 at the end of `epochs`
+    ema_momentum: float = 0.0  # 0: off (the paper) | e.g. 0.999: validate, draw, save best/last weights and export an exponential moving average of the weights
     epochs: int = 1500  # the authors' code; early stopping on the validation bound picks the model
     patience: int | None = None  # stop after this many epochs without a better validation bound; None: never
     precision: str = "float32"  # float32 | mixed_bfloat16 (densities stay float32) | auto: bfloat16 where the hardware has the units
@@ -124,6 +125,8 @@ class InfusionConfig(ModelConfig):
         OBJECTIVES.check("objective", self.objective)
         _check_choice("schedule", self.schedule, _SCHEDULES)
         _check_choice("lr_schedule", self.lr_schedule, _LR_SCHEDULES)
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ValueError(f"ema_momentum must be in [0, 1) (0 turns the moving average off), got {self.ema_momentum}")
         _check_choice("precision", self.precision, PRECISIONS)
         if not self.dataset or not self.dataset.strip():
             raise ValueError("dataset must be a non-empty name, got an empty string")

@@ -174,7 +174,7 @@ class InfusionModel(keras.Model):
         seed = self._next_seed()
         denoising = not OBJECTIVES.get(self.config.objective).reparametrized  # no gradient through the draws
         # Without the training-batch bound, the denoising gradient needs only the draws and log p(t)(x | z~(t-1)).
-        skip_bound = denoising and not self.config.train_bound and not self.score_steps_together
+        skip_bound = denoising and not self.config.train_bound
         together = denoising and self.score_steps_together
         if together:
             # No gradient flows through the chain's draws (Section 2.3.2), so they can be drawn first, outside
@@ -189,7 +189,7 @@ class InfusionModel(keras.Model):
             if together:
                 terms = chains.score_infusion_chain(self.operator, x, z_tilde, self.prior_mean, self.prior_variance,
                                                     self.alpha, self.config.delta_variance, update_statistics=True,
-                                                    products=products)
+                                                    products=products, score_draws=not skip_bound)
             else:
                 terms = self.chain_terms(x, seed, use_batch_statistics=True, update_statistics=True,
                                          stop_gradient=denoising, score_draws=not skip_bound)

@@ -1,4 +1,5 @@
-"""Optimizers of the training command: Adam as one fused kernel per variable, and learning-rate schedules.
+"""Optimizers of the training command: Adam as one fused kernel per variable, learning-rate schedules, and the
+exponential moving average of the weights used for validation and for the saved weights (`--ema-momentum`).
 
 `FusedAdam` is `keras.optimizers.Adam` (same variables, same checkpoints, same update) whose TensorFlow update
 is TensorFlow's own `ResourceApplyAdam` kernel: one pass over each variable and its two slots instead of
@@ -12,10 +13,12 @@ exactly as Keras writes it; only the order of the floating-point operations diff
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
-__all__ = ["FusedAdam", "adam", "learning_rate_schedule"]
+__all__ = ["FusedAdam", "adam", "learning_rate_schedule", "has_ema", "swap_ema_weights", "ema_weights", "EMAValidation"]
 
 
 @keras.saving.register_keras_serializable(package="infusion_tf")
@@ -25,6 +28,9 @@ class FusedAdam(keras.optimizers.Adam):
     Falls back to Keras' own update where the fused kernel does not apply (amsgrad, another backend, a
     variable whose dtype differs from its gradient's).
     """
+
+    def __init__(self, *args, name="adam", **kwargs):  # variable paths as keras' Adam writes them: adam/iteration
+        super().__init__(*args, name=name, **kwargs)
 
     def update_step(self, gradient, variable, learning_rate):
         if self.amsgrad or keras.backend.backend() != "tensorflow" or gradient.dtype != variable.dtype:
@@ -63,3 +69,44 @@ def learning_rate_schedule(kind: str, learning_rate: float, total_steps: int):
         return keras.optimizers.schedules.PolynomialDecay(float(learning_rate), int(total_steps),
                                                           end_learning_rate=0.0, power=1.0)
     raise ValueError(f"lr_schedule must be one of constant, cosine, linear; got {kind!r}")
+
+
+def has_ema(model) -> bool:
+    """Whether the model's optimizer keeps an exponential moving average of the weights (use_ema=True)."""
+    return bool(getattr(getattr(model, "optimizer", None), "use_ema", False))
+
+
+def swap_ema_weights(model) -> None:
+    """Exchanges the model's trainable weights with the optimizer's moving averages of them (a no-op without EMA).
+
+    Called twice, it restores both. The averages are Keras' own (`use_ema=True`, ema_momentum m: after each
+    update a <- m a + (1 - m) w), kept in the optimizer, so a checkpoint of model and optimizer keeps both.
+    """
+    optimizer = model.optimizer if has_ema(model) else None
+    if optimizer is None or not hasattr(optimizer, "_model_variables_moving_average"):  # off, or not built yet
+        return
+    for variable, average in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average):
+        current = tf.identity(variable.value)
+        variable.assign(average.value)
+        average.assign(current)
+
+
+@contextlib.contextmanager
+def ema_weights(model):
+    """Within the block the model holds the moving averages of its weights (evaluation, saving the weights
+    that evaluation reads); its training weights come back at the end, also on an exception."""
+    swap_ema_weights(model)
+    try:
+        yield model
+    finally:
+        swap_ema_weights(model)
+
+
+class EMAValidation(keras.callbacks.Callback):
+    """Validation inside `fit` with the moving averages of the weights: swapped in on_test_begin, back on_test_end."""
+
+    def on_test_begin(self, logs=None):
+        swap_ema_weights(self.model)
+
+    def on_test_end(self, logs=None):
+        swap_ema_weights(self.model)

@@ -32,7 +32,7 @@ import zipfile
 import keras
 
 from infusion_tf import data as data_lib
-from infusion_tf import files
+from infusion_tf import files, optimizers
 from infusion_tf.config import CONFIG_FILENAME, InfusionConfig, load_config, save_config
 from infusion_tf.registry import MODELS
 
@@ -244,12 +244,14 @@ def read_progress(path: str) -> Progress | None:
 
 
 def commit_epoch(paths: RunPaths, model, progress: Progress, improved: bool) -> None:
-    """Commits an epoch: last.keras with `progress` (the commit), then last.weights.h5, best.weights.h5 when the
-    validation bound `improved`, and state.json."""
+    """Commits an epoch: last.keras with `progress` (the commit: training weights and optimizer), then
+    last.weights.h5, best.weights.h5 when the validation bound `improved` (both with the moving average of the
+    weights when the optimizer keeps one, `--ema-momentum`), and state.json."""
     files.atomic_write(paths.last, lambda tmp: save_checkpoint(model, tmp, progress))
-    files.atomic_write(paths.last_weights, model.save_weights)
-    if improved:
-        files.atomic_write(paths.best_weights, model.save_weights)
+    with optimizers.ema_weights(model):  # the weights files hold what evaluation uses: the moving average, if kept
+        files.atomic_write(paths.last_weights, model.save_weights)
+        if improved:
+            files.atomic_write(paths.best_weights, model.save_weights)
     _write_state(paths, progress)
 
 

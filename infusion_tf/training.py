@@ -48,7 +48,9 @@ def build_model(config, train_array: np.ndarray | None = None):
     else:
         kind = getattr(config, "lr_schedule", "constant") if train_array is not None else "constant"
         budget = 0 if train_array is None else len(train_array) // config.batch_size * config.epochs
-        optimizer = optimizers.adam(optimizers.learning_rate_schedule(kind, config.learning_rate, budget))
+        momentum = float(getattr(config, "ema_momentum", 0.0))
+        ema = {"use_ema": True, "ema_momentum": momentum} if momentum > 0 else {}
+        optimizer = optimizers.adam(optimizers.learning_rate_schedule(kind, config.learning_rate, budget), **ema)
     model.compile(optimizer=optimizer)
     model.optimizer.build(model.trainable_variables)  # its slots exist before the first step is traced
     return model
@@ -263,8 +265,9 @@ class SamplesCallback(keras.callbacks.Callback):
         due = done == 1 or done % self.config.sample_every == 0 or done == self.config.epochs
         if not due or (self.guard and self.guard.tripped):
             return
-        visualize.write_samples(self.model, self.paths.samples, tag=f"epoch{done:04d}", reference=self.reference,
-                                num_samples=self.num_samples, num_chains=self.num_chains)
+        with optimizers.ema_weights(self.model):  # the weights evaluation uses (the plain ones without EMA)
+            visualize.write_samples(self.model, self.paths.samples, tag=f"epoch{done:04d}",
+                                    reference=self.reference, num_samples=self.num_samples, num_chains=self.num_chains)
 
 
 def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = None, resume: bool = False,
@@ -327,11 +330,12 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
                keras.callbacks.TensorBoard(paths.tensorboard, write_graph=False, profile_batch=0)]
     # Order matters: the epoch is logged and drawn, then committed, then early stopping and signals act.
     timer = [EpochTimer(config.epochs)] if verbose else []
-    all_callbacks = [guard, *loggers, SamplesCallback(paths, config, reference, guard=guard), *callbacks, checkpoint,
-                     patience, *timer, stop]
+    ema = [optimizers.EMAValidation()] if optimizers.has_ema(model) else []  # validation sees the averaged weights
+    all_callbacks = [guard, *ema, *loggers, SamplesCallback(paths, config, reference, guard=guard), *callbacks,
+                     checkpoint, patience, *timer, stop]
     if not chief:  # the other workers log, draw and commit nothing
         loggers = []
-        all_callbacks = [guard, *callbacks, checkpoint, patience, stop]
+        all_callbacks = [guard, *ema, *callbacks, checkpoint, patience, stop]
     with stop.installed():
         try:
             history = model.fit(train_ds, epochs=config.epochs, initial_epoch=progress.epoch,

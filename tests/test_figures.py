@@ -87,11 +87,12 @@ def test_figures_are_written_with_their_sizes(checkpoint, tmp_path, capsys):
     assert figures.main(["--checkpoint", checkpoint, "--output-dir", str(output), "--completions", "4"]) == 0
     printed = capsys.readouterr().out
     expected = {"samples": _grid_size(10, 10), "chains": _grid_size(10, TINY.sampling_steps + 1),
-                "training_curve": (400, 600), "inpainting": _grid_size(10, 2 + 4),
+                "infusion_chains": _grid_size(10, TINY.num_steps + 2), "training_curve": (400, 600),
+                "inpainting": _grid_size(10, 2 + 4),
                 "nearest_neighbours": _grid_size(10, 1 + 3)}
     for i, (name, size) in enumerate(expected.items()):
         path = str(output / f"{name}.png")
-        assert f"[{i + 1}/5] {name}:" in printed and f"wrote {path}" in printed
+        assert f"[{i + 1}/6] {name}:" in printed and f"wrote {path}" in printed
         assert _png_size(path) == size, name
     assert sorted(os.listdir(output)) == sorted(f"{name}.png" for name in expected)
 
@@ -109,6 +110,20 @@ def test_inpainting_keeps_the_top_half(checkpoint, tmp_path):
             np.testing.assert_array_equal(picture[:14], original[:14])
         assert not np.array_equal(masked[14:], original[14:])
         assert not np.array_equal(completions[0][14:], completions[1][14:])  # two chains, two completions
+
+
+def test_infusion_chain_figure_ends_with_the_model_mean_and_the_target(checkpoint):
+    """Figure 1's infusion chain: T draws from q, p(T)'s mean, then the digit itself in the last column."""
+    from infusion_tf import data
+
+    settings = figures.FigureSettings(checkpoint=checkpoint)
+    model, _, test = figures._load(settings)
+    columns = figures.infusion_chain_figure(model, test[:3], seed=4)
+    assert columns.shape == (TINY.num_steps + 2, 3, 28, 28, 1)
+    x = data.eval_points(test[:3], seed=4, dequantize=model.config.dequantize)
+    np.testing.assert_allclose(columns[-1], np.clip(x, 0, 1), atol=1e-6)
+    assert np.abs(columns[0] - x).mean() > 0.05  # z~(0) comes from the prior (alpha(0) = 0), not from x
+    np.testing.assert_array_equal(columns, figures.infusion_chain_figure(model, test[:3], seed=4))  # seeded
 
 
 def test_inpainting_grid_rejects_mismatched_shapes(tmp_path):

@@ -72,3 +72,41 @@ def test_training_model_decays_over_epochs_times_steps_per_epoch(mnist_uint8):
     np.testing.assert_allclose(float(schedule), 1e-3, rtol=1e-6)
     constant = build_model(InfusionConfig(num_steps=2, width=16), train).optimizer._learning_rate
     assert not isinstance(constant, keras.optimizers.schedules.LearningRateSchedule)  # the paper's constant rate
+
+
+def test_ema_weights_swap_in_and_back():
+    from infusion_tf.optimizers import ema_weights, has_ema
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=adam(0.1, use_ema=True, ema_momentum=0.5), loss="mse")
+    assert has_ema(model)
+    model.optimizer.build(model.trainable_variables)
+    for _ in range(3):  # (fit would overwrite the weights with their averages at its end: Keras' finalize)
+        model.optimizer.apply([tf.ones_like(w) for w in model.trainable_variables], model.trainable_variables)
+    trained = [w.numpy().copy() for w in model.trainable_variables]
+    averages = [a.numpy().copy() for a in model.optimizer._model_variables_moving_average]
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(trained, averages))
+    with ema_weights(model):
+        for w, a in zip(model.trainable_variables, averages):
+            np.testing.assert_array_equal(w.numpy(), a)
+    for w, t in zip(model.trainable_variables, trained):
+        np.testing.assert_array_equal(w.numpy(), t)
+
+
+def test_training_with_ema_saves_the_average_and_resumes_from_the_training_weights(tmp_path):
+    """--ema-momentum: best/last.weights.h5 hold the moving average; last.keras the training weights and the
+    optimizer with its averages, so a resumed run continues them."""
+    from infusion_tf import training
+    from infusion_tf.config import InfusionConfig
+
+    config = InfusionConfig(width=16, depth=1, num_steps=2, sampling_steps=2, batch_size=50, train_examples=200,
+                            validation_examples=100, epochs=1, ema_momentum=0.9)
+    training.train(config, str(tmp_path / "run"), verbose=0, export=False)
+    resumed = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras")
+    assert resumed.optimizer.use_ema and resumed.optimizer.ema_momentum == 0.9
+    averages = [a.numpy() for a in resumed.optimizer._model_variables_moving_average]
+    saved = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras")
+    saved.load_weights(tmp_path / "run" / "checkpoints" / "best.weights.h5")
+    for variable, average, raw in zip(saved.trainable_variables, averages, resumed.trainable_variables):
+        np.testing.assert_allclose(variable.numpy(), average, rtol=0, atol=0)
+    assert any(np.abs(a - r.numpy()).max() > 1e-6 for a, r in zip(averages, resumed.trainable_variables))
