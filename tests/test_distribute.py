@@ -134,6 +134,20 @@ def test_tf_config_and_strategy_choice():
         distribute.read_tf_config("{worker")
 
 
+@pytest.mark.parametrize("tf_config, message", [(None, "--strategy multi_worker needs TF_CONFIG"),
+                                                 ("{worker", "TF_CONFIG is not valid JSON")])
+def test_bad_cluster_settings_are_one_error_line(tmp_path, monkeypatch, capsys, tf_config, message):
+    from infusion_tf import cli
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    if tf_config is not None:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert cli.train_main(["--strategy", "multi_worker", "--output-dir", str(tmp_path / "run")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_two_workers_equal_one_process_with_two_replicas(two_workers, tmp_path):
     reference = tmp_path / "reference"
     done = subprocess.run([sys.executable, "-c", REFERENCE, str(reference)], cwd=REPO, capture_output=True, text=True,
