@@ -48,6 +48,8 @@ class AnnealedGANConfig(ModelConfig):
     latent_dim: int = 64  # dimension of z ~ N(0, I)
     width: int = 512  # units of each hidden layer of the generator, the discriminator and the DAE
     depth: int = 2  # hidden layers of each of the three MLPs
+    batch_norm: bool = True  # batch normalization after each hidden layer of the generator, as App. I.1's Table 1 (toys: off)
+    dropout: float = 0.3  # dropout after each hidden layer of the discriminator while it trains (toys: 0)
     generator_loss: str = "jsd"  # jsd: -log sigmoid D(G(z)) | rkl: -D(G(z)), the reverse KL (App. E)
     sigma: float = 0.1  # noise of the DAE on the generator's samples (data scale)
     lambda0: float = 1.0  # lambda at step 0; 0: the plain GAN (App. I.1 tries |lambda0| in {0.1, 1, 10})
@@ -65,7 +67,7 @@ class AnnealedGANConfig(ModelConfig):
 
         if dataset in TOY_DATASETS:
             return cls(dataset=dataset, example_shape=(2,), dequantize=False, latent_dim=2, width=128, sigma=_TOY_SIGMA,
-                       batch_size=256, learning_rate=1e-3, epochs=10, sample_every=1)
+                       batch_norm=False, dropout=0.0, batch_size=256, learning_rate=1e-3, epochs=10, sample_every=1)
         return cls(dataset=dataset)
 
     def __post_init__(self) -> None:
@@ -86,6 +88,8 @@ class AnnealedGANConfig(ModelConfig):
         for name in ("sigma", "learning_rate"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not (math.isfinite(self.lambda0) and self.lambda0 >= 0):
             raise ValueError(f"lambda0 must be a finite number >= 0 (entropy weight), got {self.lambda0}")
         check_seed(self.seed)
@@ -116,9 +120,17 @@ def batch_energy_distance(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     return 2 * mean_distance(x, y, False) - mean_distance(x, x, True) - mean_distance(y, y, True)
 
 
-def _mlp(width: int, depth: int, out: int, activation: str, final=None, name=None) -> keras.Sequential:
-    return keras.Sequential([keras.layers.Dense(width, activation=activation) for _ in range(depth)]
-                            + [keras.layers.Dense(out, activation=final)], name=name)
+def _mlp(width: int, depth: int, out: int, activation: str, final=None, name=None, dropout: float = 0.0,
+         batch_norm: bool = False):
+    layers = []
+    for _ in range(depth):
+        if batch_norm:  # Dense, BN, activation (App. I.1, Table 1)
+            layers += [keras.layers.Dense(width), keras.layers.BatchNormalization(momentum=0.9),
+                       keras.layers.Activation(activation)]
+        else:
+            layers.append(keras.layers.Dense(width, activation=activation))
+        layers += [keras.layers.Dropout(dropout)] if dropout else []
+    return keras.Sequential(layers + [keras.layers.Dense(out, activation=final)], name=name)
 
 
 @register_model(NAME)
@@ -134,8 +146,9 @@ class AnnealedGANModel(keras.Model):
         self.config = c = AnnealedGANConfig.from_dict(config) if isinstance(config, dict) else config
         d = c.num_dims
         images = len(c.example_shape) > 1
-        self.generator = _mlp(c.width, c.depth, d, "relu", "sigmoid" if images else None, name="generator")
-        self.discriminator = _mlp(c.width, c.depth, 1, "leaky_relu", name="discriminator")
+        self.generator = _mlp(c.width, c.depth, d, "relu" if c.batch_norm else "leaky_relu",
+                              "sigmoid" if images else None, name="generator", batch_norm=c.batch_norm)
+        self.discriminator = _mlp(c.width, c.depth, 1, "leaky_relu", name="discriminator", dropout=c.dropout)
         self.denoiser = score.DenoisingAutoencoder(d, c.sigma, width=c.width, depth=c.depth, seed=c.seed)
         self.generator.build((None, c.latent_dim))
         self.discriminator.build((None, d))
@@ -176,8 +189,9 @@ class AnnealedGANModel(keras.Model):
         step = tf.minimum(tf.cast(self.optimizer.iterations, tf.int32), tf.shape(self.lambdas)[0] - 1)
         lam = self.lambdas[step]
         with tf.GradientTape() as tape:  # logistic loss, optimum logit log p / q
-            fake = self.generator(z)
-            d_loss = tf.reduce_mean(tf.nn.softplus(-self.discriminator(x)) + tf.nn.softplus(self.discriminator(fake)))
+            fake = self.generator(z, training=True)
+            d_loss = tf.reduce_mean(tf.nn.softplus(-self.discriminator(x, training=True))
+                                    + tf.nn.softplus(self.discriminator(fake, training=True)))
         self.d_optimizer.apply(tape.gradient(d_loss, self.discriminator.trainable_variables),
                                self.discriminator.trainable_variables)
         target = tf.stop_gradient(fake)
@@ -187,7 +201,7 @@ class AnnealedGANModel(keras.Model):
         self.dae_optimizer.apply(tape.gradient(dae_loss, self.denoiser.trainable_variables),
                                  self.denoiser.trainable_variables)
         with tf.GradientTape() as tape:
-            fake = self.generator(z)
+            fake = self.generator(z, training=True)
             logit = self.discriminator(fake)
             gan = tf.reduce_mean(tf.nn.softplus(-logit) if c.generator_loss == "jsd" else -logit)
             neg_entropy = entropy_surrogate(fake, score.dae_score(self.denoiser, fake, c.sigma))
