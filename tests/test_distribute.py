@@ -35,6 +35,8 @@ TINY = ["--width", "32", "--depth", "1", "--num-steps", "3", "--sampling-steps",
         "--train-examples", "100", "--validation-examples", "50", "--epochs", "2", "--sample-every", "100"]
 TIMEOUT = 240  # seconds any one process may take (a loaded 2-core machine); it is killed after that
 RTOL, ATOL = 1e-4, 1e-4
+# One thread per operation in each process: 2 workers on 2 cores otherwise each spin threads for both cores.
+ONE_THREAD = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": "1"}
 
 REFERENCE = """
 import sys
@@ -65,7 +67,7 @@ def start_workers(output: pathlib.Path, *flags: str) -> list[subprocess.Popen]:
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     processes = []
     for index in range(2):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+        env = {**os.environ, **ONE_THREAD,
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         processes.append(subprocess.Popen(
             [sys.executable, "train/run.py", *TINY, "--strategy", "multi_worker", "--output-dir", str(output),
@@ -151,7 +153,7 @@ def test_bad_cluster_settings_are_one_error_line(tmp_path, monkeypatch, capsys, 
 def test_two_workers_equal_one_process_with_two_replicas(two_workers, tmp_path):
     reference = tmp_path / "reference"
     done = subprocess.run([sys.executable, "-c", REFERENCE, str(reference)], cwd=REPO, capture_output=True, text=True,
-                          timeout=TIMEOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                          timeout=TIMEOUT, env={**os.environ, **ONE_THREAD})
     assert done.returncode == 0, done.stderr
     ours, theirs = weights(two_workers / "checkpoints" / "last.weights.h5"), weights(reference / "checkpoints" /
                                                                                      "last.weights.h5")
