@@ -166,6 +166,13 @@ class DVAERBMModel(keras.Model):
             optimizer = keras.optimizers.Adam(learning_rate_schedule(self.config), epsilon=self.config.adam_epsilon)
         super().compile(optimizer=optimizer, **kwargs)
 
+    def compile_from_config(self, config):
+        """Recompiles a loaded model (a resumed run) with its own optimizer, whose state the loader then restores;
+        Keras skips a custom `compile` otherwise."""
+        self.compile()
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def fit_prior(self, train_array) -> None:
         """Centres the encoder's input on the training mean and starts the decoder's output bias at its logit."""
         mean = np.asarray(train_array, np.float64).reshape(len(train_array), -1).mean(axis=0)

@@ -137,6 +137,8 @@ def test_training_and_evaluation_commands_run_the_rbm_model_end_to_end(tmp_path,
     assert "dvae_rbm model" in capsys.readouterr().out
     rows = open(f"{run}/log.csv").read().splitlines()
     assert len(rows) == 3 and "val_lower_bound" in rows[0] and "kl_weight" in rows[0]
+    resumed = keras.saving.load_model(f"{run}/checkpoints/last.keras")  # what --resume loads
+    assert int(resumed.optimizer.iterations.numpy()) == 2 * 2  # 2 epochs of 200 // 100 steps: the optimizer's state
     bound = run_eval(run, "--estimator", "lower_bound", "--k", "1", "--repeats", "1")
     many = run_eval(run, "--estimator", "importance_sampling", "--k", "50", "--repeats", "1")
     assert bound["prepared"]["method"] == "annealed importance sampling" and bound["prepared"]["chains"] == 20
