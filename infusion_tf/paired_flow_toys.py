@@ -35,6 +35,7 @@ class PairedFlowSettings:
     hidden: int = 512  # units of each of the MADE's two hidden layers (App. I.2.2: [512, 512])
     learning_rate: float = 1e-3  # Adam, generator
     flow_learning_rate: float = 1e-3  # Adam, flow
+    flow_steps: int = 1  # flow updates per generator update
     num_samples: int = 4000  # samples scored per sampler
     seed: int = 0
 
@@ -58,7 +59,7 @@ def _train_one(s: PairedFlowSettings, lambda0: float) -> tuple[dict, dict]:
     sampler = paired_flow.PairedFlowSampler(2, paired_flow.TOY_LOG_U[s.density], annealing.beta_ent(lambdas),
                                             blocks=s.blocks, hidden=(s.hidden, s.hidden), batch_size=s.batch_size,
                                             learning_rate=s.learning_rate, flow_learning_rate=s.flow_learning_rate,
-                                            seed=s.seed)
+                                            flow_steps=s.flow_steps, seed=s.seed)
     wall, cpu = time.time(), time.process_time()
     history = sampler.train(s.steps, log_every=max(1, s.steps // 10), printer=lambda line: print(line, flush=True))
     timing = {"train_wall_s": time.time() - wall, "train_cpu_s": time.process_time() - cpu}
