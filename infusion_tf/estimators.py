@@ -24,7 +24,7 @@ import tensorflow as tf
 from infusion_tf import chains
 
 __all__ = ["LogWeightScorer", "ChainScorer", "ChainStatistics", "Estimate", "score_chains", "lower_bound", "importance_sampling",
-           "example_seed", "isotropic_log_weights", "bits_per_dim", "recompute_batch_norm_statistics", "batch_norm_statistics",
+           "examples_per_call", "isotropic_log_weights", "bits_per_dim", "recompute_batch_norm_statistics", "batch_norm_statistics",
            "set_batch_norm_statistics"]
 
 
@@ -124,14 +124,15 @@ def score_chains(scorer: LogWeightScorer, x: np.ndarray, num_chains: int, seed: 
     """Draws `num_chains` proposals (infusion chains, for the infusion model) for every example of x [n, ...] and
     accumulates their log-weights; isotropic_variances need a scorer that returns squared errors.
 
-    Memory is bounded by rows_per_call (examples x chains per call), whatever num_chains. The seed of
-    call i is fold_in(chains.seed_pair(seed), i), fold_in([seed, 0], i) for a seed below 2^31: a fixed seed and
-    chunk size give identical results.
+    Memory is bounded by rows_per_call (examples x chains per call), whatever num_chains. The examples are
+    scored in blocks of E = `examples_per_call(num_chains, rows_per_call)`, each block's chains in chunks of
+    min(k, rows_per_call); call c = block * chunks + chunk is seeded fold_in(chains.seed_pair(seed), c)
+    (fold_in([seed, 0], c) for a seed below 2^31): a fixed seed and chunk size give identical results.
 
-    first_index: None draws as above. An integer makes the seeds per example: row i of x is example number
-    first_index + i of the evaluated set, its chains are drawn with fold_in(example_seed(seed, first_index + i),
-    chunk) one example per call, so its value does not depend on the other rows of x, and a set scored in
-    slices (shards.py) gives the same per-example values as one call on the whole set.
+    first_index: row i of x is example first_index + i of the evaluated set (default 0), and blocks are counted
+    in that numbering, so a set scored in slices that start at multiples of E (shards.shard_range with
+    align=E) gives the same per-example values as one call on the whole set. Raises: ValueError for a
+    first_index that is not a multiple of E.
     """
     if int(num_chains) < 1:
         raise ValueError(f"the number of chains k must be >= 1, got {num_chains}")
@@ -140,22 +141,24 @@ def score_chains(scorer: LogWeightScorer, x: np.ndarray, num_chains: int, seed: 
     x = np.asarray(x, np.float32)
     n, k = x.shape[0], int(num_chains)
     chains_per_call = min(k, int(rows_per_call))
-    examples_per_call = max(1, int(rows_per_call) // chains_per_call) if first_index is None else 1
+    examples_per_call_ = examples_per_call(k, rows_per_call)
+    chunks = math.ceil(k / chains_per_call)
+    offset = 0 if first_index is None else int(first_index)
+    if offset < 0 or offset % examples_per_call_:
+        raise ValueError(f"first_index must be a multiple of the {examples_per_call_} examples scored per call "
+                         f"(k = {k}, rows_per_call = {rows_per_call}), got {first_index}")
     variances = np.asarray(isotropic_variances, np.float64).reshape(-1)
     stats = ChainStatistics(k, np.full(n, -np.inf), np.zeros(n), np.zeros(n), np.zeros(0),  # per_step_sum: [S] below
                             variances, np.full((len(variances), n), -np.inf), np.zeros((len(variances), n)))
-    calls = math.ceil(n / examples_per_call) * math.ceil(k / chains_per_call)
+    calls = math.ceil(n / examples_per_call_) * chunks
     bar = keras.utils.Progbar(calls, unit_name="call") if progress else None
     call = 0
-    for start in range(0, n, examples_per_call):
-        rows = slice(start, min(n, start + examples_per_call))
-        for first in range(0, k, chains_per_call):
+    for start in range(0, n, examples_per_call_):
+        rows = slice(start, min(n, start + examples_per_call_))
+        block = (offset + start) // examples_per_call_  # in the evaluated set's numbering, whatever slice x is
+        for chunk, first in enumerate(range(0, k, chains_per_call)):
             c = min(chains_per_call, k - first)
-            if first_index is None:
-                step_seed = tf.random.experimental.stateless_fold_in(chains.seed_pair(seed), call)
-            else:  # one example per call: chunk `first // chains_per_call` of example first_index + start
-                step_seed = tf.random.experimental.stateless_fold_in(example_seed(seed, first_index + start),
-                                                                     first // chains_per_call)
+            step_seed = tf.random.experimental.stateless_fold_in(chains.seed_pair(seed), block * chunks + chunk)
             per_step, sse = scorer(x[rows], c, step_seed)  # [S, b, c], [b, c] or None
             if call == 0:
                 stats.per_step_sum = np.zeros(per_step.shape[0])
@@ -169,12 +172,10 @@ def score_chains(scorer: LogWeightScorer, x: np.ndarray, num_chains: int, seed: 
     return stats
 
 
-def example_seed(seed: int, index: int) -> tf.Tensor:
-    """int32 [2] seed of the chains of example number `index` (0-based, in the evaluated set) for base `seed`:
-    fold_in(chains.seed_pair(seed), index), the same whichever slice of the set the example is scored in."""
-    if int(index) < 0:
-        raise ValueError(f"an example index must be >= 0, got {index}")
-    return tf.random.experimental.stateless_fold_in(chains.seed_pair(seed), int(index))
+def examples_per_call(num_chains: int, rows_per_call: int) -> int:
+    """E, the examples one call of `score_chains` scores: rows_per_call // min(k, rows_per_call), at least 1.
+    Slices of an evaluated set that start at multiples of E get the same per-example values as the whole set."""
+    return max(1, int(rows_per_call) // min(int(num_chains), int(rows_per_call)))
 
 
 def _accumulate(stats: ChainStatistics, rows: slice, per_step: np.ndarray, sse: np.ndarray, num_dims: int) -> None:

@@ -16,8 +16,8 @@ dequantized as the run trained (config.dequantize: uniform noise of 1/256 fixed 
 al. (2016)) unless --dequantize / --no-dequantize says otherwise. The data are the run's own, found where its
 data_source.json says (--data-dir only when they have moved; other data are refused).
 Results go to `<checkpoint>/results_<estimator>.json` (or --output), with the dequantization used and the data source.
-The chains of example j are seeded by (seed, repeat, j), so --shard I --num-shards N can score a slice of the examples
-on each machine (`<checkpoint>/shards/`, resumed when finished) and eval/merge_shards.py joins them into the results
+The chains of each call are seeded by (seed, repeat, the call's place in the whole evaluated set), and shards start
+at a call's first example, so --shard I --num-shards N can score a slice of the examples on each machine (`<checkpoint>/shards/`, resumed when finished) and eval/merge_shards.py joins them into the results
 of an unsharded run (shards.py, docs/distributed.md).
 --model-setting NAME=VALUE (repeatable) sets a config field that the model marks as evaluation-only
 (its `evaluation_settings`, e.g. short_run_ot's proposal chains) for this evaluation; the results record it.
@@ -147,8 +147,9 @@ def _summary(values: list[float], unit: str = "_nats") -> dict:
 def _chain_estimate(model, inputs: EvalInputs, settings: EvalSettings, per_example_values, variances=(),
                     result=None) -> dict:
     """Repeats of k proposals per example of inputs.x scored by the model's log-weights (protocol.py);
-    per_example_values(stats) -> [n] is the estimator's value per example (estimators.ChainStatistics). The chains
-    of example j of the evaluated set are seeded by (seed * 1000 + repeat, j), whichever shard scores it."""
+    per_example_values(stats) -> [n] is the estimator's value per example (estimators.ChainStatistics). Repeat r
+    draws with seed * 1000 + r; the chains of a call are seeded by the call's place in the whole evaluated set
+    (estimators.score_chains), whichever shard scores it."""
     from infusion_tf import estimators, shards
 
     scorer = estimators.LogWeightScorer.from_model(model)
@@ -433,7 +434,8 @@ def evaluate(settings: EvalSettings) -> dict:
     x = data.eval_points(array, seed=settings.seed, dequantize=dequantize)
     x_validation = data.eval_points(splits.validation[:settings.validation_examples], seed=settings.seed + 1,
                                     dequantize=dequantize)
-    first, stop = shards.shard_range(len(x), settings.shard, settings.num_shards)
+    align = estimators.examples_per_call(settings.chains, settings.rows_per_call) if spec.default_k else 1
+    first, stop = shards.shard_range(len(x), settings.shard, settings.num_shards, align)
     result = spec.run(model, EvalInputs(x[first:stop], x_validation, train, folder, first), settings)
     result = {"estimator": settings.estimator, **result, "examples": {"first": first, "stop": stop}}
     if result.get("mean_nats") is not None:

@@ -1,9 +1,9 @@
 """Sharded evaluation: score a slice of the examples on each machine, then merge the slices into one result.
 
 `python eval/run.py --checkpoint RUN --estimator importance_sampling --shard I --num-shards N` scores examples
-shard_range(n, I, N) of the evaluated set and writes `RUN/shards/results_<estimator>.shard-I-of-N.json`. The
-chains of example j are drawn with seeds derived from (seed of the repeat, j) (estimators.example_seed), so an
-example's value is the same whichever shard scores it, and `python eval/merge_shards.py` joins the N files into
+shard_range(n, I, N, E) of the evaluated set and writes `RUN/shards/results_<estimator>.shard-I-of-N.json`. The
+examples are scored in calls of E = estimators.examples_per_call(k, rows_per_call), seeded by the call's place in
+the whole set, and shards start at multiples of E, so an example's value is the same whichever shard scores it, and `python eval/merge_shards.py` joins the N files into
 the `results_<estimator>.json` an unsharded run of the same settings writes: the same per-example values, hence the
 same mean, spread over repeats and standard error (per-step terms up to float rounding, summed in another order).
 
@@ -28,12 +28,20 @@ SHARD_KEYS = ("shard", "num_shards")  # the settings in which the shards of one 
 _NAME = re.compile(r"^results_(?P<estimator>\w+)\.shard-(?P<shard>\d+)-of-(?P<num_shards>\d+)\.json$")
 
 
-def shard_range(num_examples: int, shard: int, num_shards: int) -> tuple[int, int]:
+def shard_range(num_examples: int, shard: int, num_shards: int, align: int = 1) -> tuple[int, int]:
     """(first, stop): the contiguous slice of examples 0 .. num_examples - 1 that shard `shard` of `num_shards`
-    scores; the slices of shards 0 .. N - 1 follow each other, cover every example once, and differ in size by
-    at most one. Raises: ValueError (check_shard)."""
+    scores; the slices of shards 0 .. N - 1 follow each other and cover every example once. Each starts at a
+    multiple of `align` (the examples one call scores, estimators.examples_per_call, so that the per-example
+    values do not depend on the split); in blocks of `align` the shards differ by at most one block.
+    Raises: ValueError (check_shard)."""
+    align = max(1, int(align))
+    blocks = -(-int(num_examples) // align)
     check_shard(shard, num_shards, num_examples)
-    return shard * num_examples // num_shards, (shard + 1) * num_examples // num_shards
+    if num_shards > blocks:
+        raise ValueError(f"num_shards {num_shards} is more than the {blocks} calls of {align} examples that score the "
+                         f"{num_examples} examples; every shard needs at least one")
+    return (min(num_examples, shard * blocks // num_shards * align),
+            min(num_examples, (shard + 1) * blocks // num_shards * align))
 
 
 def check_shard(shard: int, num_shards: int, num_examples: int | None = None) -> None:

@@ -202,7 +202,7 @@ def test_eval_without_data_dir_uses_the_runs_data_and_dequantization(idx_run, tm
     assert results["data_source"]["data_dir"] == provenance.portable_path(str(data_dir.resolve()))
     test = data.read_idx(str(data_dir / "t10k-images-idx3-ubyte.gz"))[:20, :, :, None]  # uint8 [20, 28, 28, 1]
     scorer = estimators.ChainScorer.from_model(load_checkpoint(run))
-    # eval/run.py seeds each example's chains by its index (first_index=0: the whole set, shards.py)
+    # eval/run.py numbers the examples from 0 (first_index=0: the whole set, shards.py)
     expected = estimators.lower_bound(scorer, test.astype(np.float32) / 255.0, 2, 0, first_index=0).mean_nats
     assert results["repeats_nats"][0] == pytest.approx(expected, abs=1e-4)
 

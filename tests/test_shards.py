@@ -14,8 +14,9 @@ from infusion_tf.config import InfusionConfig
 
 TINY = dict(width=32, depth=1, num_steps=3, sampling_steps=4, batch_size=50, train_examples=300,
             validation_examples=100, epochs=1, sample_every=1)
-N, SHARDS = 11, 3  # 11 examples in slices of 3, 4, 4: unequal sizes on purpose
-SETTINGS = dict(num_examples=N, repeats=2, k=5, validation_examples=20, batch_norm="moving", seed=3)
+N, SHARDS = 11, 3  # 11 examples in slices of 2, 4, 5 (calls of 2): unequal sizes on purpose
+SETTINGS = dict(num_examples=N, repeats=2, k=5, validation_examples=20, batch_norm="moving", seed=3,
+                rows_per_call=10)  # two examples per call: shards start at even examples
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,15 @@ def evaluate_(checkpoint, **kwargs):
 
 
 def test_shard_ranges_tile_the_examples():
-    for n, count in ((11, 3), (1000, 7), (5, 5), (4, 1)):
-        ranges = [shards.shard_range(n, i, count) for i in range(count)]
+    for n, count, align in ((11, 3, 1), (1000, 7, 1), (5, 5, 1), (4, 1, 1), (1000, 4, 204), (11, 3, 2), (7, 2, 5)):
+        ranges = [shards.shard_range(n, i, count, align) for i in range(count)]
         assert ranges[0][0] == 0 and ranges[-1][1] == n
         assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
-        sizes = [stop - start for start, stop in ranges]
-        assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+        assert all(start % align == 0 for start, _ in ranges)  # each shard starts at a call's first example
+        blocks = [-(-(stop - start) // align) for start, stop in ranges]
+        assert max(blocks) - min(blocks) <= 1 and min(blocks) >= 1
+    with pytest.raises(ValueError, match="more than the 2 calls of 5 examples"):
+        shards.shard_range(7, 0, 3, 5)
 
 
 @pytest.mark.parametrize("shard, num_shards, message", [(3, 3, "shard must be in 0 .. 2"), (-1, 2, "shard must be"),
@@ -52,8 +56,9 @@ def test_sample_estimators_are_not_sharded():
 
 
 def test_an_example_has_the_same_chains_in_any_slice(checkpoint):
-    """score_chains with first_index: rows 4 .. 8 scored alone equal the same rows scored with the whole set,
-    whatever the chunk size, while the old batch-wise seeds (first_index None) depend on the slice."""
+    """score_chains with first_index: rows 4 .. 8 scored alone equal the same rows scored with the whole set, for
+    one or two examples per call; rows numbered from 0 (first_index None) get other chains; a slice that does not
+    start at a call's first example is refused."""
     from infusion_tf.checkpoint import load_checkpoint
 
     model = load_checkpoint(checkpoint)
@@ -67,6 +72,12 @@ def test_an_example_has_the_same_chains_in_any_slice(checkpoint):
     assert not np.array_equal(batch_wise.log_sum_exp, whole.log_sum_exp[4:])
     other_seed = estimators.score_chains(scorer, x[4:], 6, seed=6, rows_per_call=4, first_index=4)
     assert not np.array_equal(other_seed.log_sum_exp, part.log_sum_exp)
+    assert estimators.examples_per_call(6, 12) == 2  # two examples per call
+    whole = estimators.score_chains(scorer, x, 6, seed=5, rows_per_call=12)
+    part = estimators.score_chains(scorer, x[4:], 6, seed=5, rows_per_call=12, first_index=4)
+    np.testing.assert_array_equal(part.log_sum_exp, whole.log_sum_exp[4:])
+    with pytest.raises(ValueError, match="multiple of the 2 examples scored per call"):
+        estimators.score_chains(scorer, x[3:], 6, seed=5, rows_per_call=12, first_index=3)
 
 
 def fake_shard(values, bounds, per_step, shard, num_shards, first, **extra):
@@ -159,6 +170,9 @@ def test_command_lines(checkpoint, tmp_path, capsys):
     is one error line."""
     common = ["--checkpoint", checkpoint, "--estimator", "lower_bound", "--num-examples", "4", "--k", "2",
               "--repeats", "1", "--batch-norm", "moving", "--validation-examples", "10"]
+    assert evaluate.main([*common, "--shard", "1", "--num-shards", "2"]) == 2  # 2048 rows: all 4 in one call
+    assert "error: num_shards 2 is more than the 1 calls of 1024 examples" in capsys.readouterr().err
+    common += ["--rows-per-call", "4"]  # two examples per call
     assert evaluate.main([*common, "--shard", "2", "--num-shards", "2"]) == 2
     assert "error: shard must be in 0 .. 1" in capsys.readouterr().err
     for shard in ("0", "1"):  # eval/run.py's main, in this process (a TensorFlow process costs ~8 s of CPU)
