@@ -3,7 +3,9 @@
     python bench/run_all.py [--quick] [--only train_step evaluation] [--skip memory] [--results-dir DIR]
 
 Order: train_step, input_pipeline (reads train_step.json for its headroom), evaluation, serving, memory.
-A failing script is reported and the others still run; the exit status is 1 if any failed.
+A failing script is reported and the others still run; the exit status is 1 if any failed. The summary shows,
+per measurement, the ratio to the machine's matmul peak, the share of the step's own matmul-only time, and the
+speed-up over the same work written plainly in Keras (bench/plain_keras_step.py), all measured in the same run.
 """
 
 from __future__ import annotations
@@ -44,20 +46,27 @@ def _ratio(row: dict) -> str:
     return f"{100 * value:.0f}% of {row.get('peak_dtype', 'float32')} {row.get('peak_gflops', float('nan')):,.0f}"
 
 
-def summary_rows(results_dir: Path, scripts) -> list[tuple[str, str, str, str]]:
+def _share(row: dict, key: str, unit: str) -> str:
+    value = row.get(key)
+    return f"{value:.2f}{unit}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+
+def summary_rows(results_dir: Path, scripts) -> list[tuple[str, ...]]:
     rows = []
     for script in scripts:
         path = results_dir / f"{script}.json"
         if not path.is_file():
-            rows.append((script, "(no results)", "-", "-"))
+            rows.append((script, "(no results)", "-", "-", "-", "-"))
             continue
         document = json.loads(path.read_text())
         for row in document.get("measurements", []):
-            rows.append((script, str(row.get("name")), _main_metric(row), _ratio(row)))
+            rows.append((script, str(row.get("name")), _main_metric(row), _ratio(row),
+                         _share(row, "ratio_to_matmul_only", ""), _share(row, "speedup_vs_plain_keras", "x")))
     return rows
 
 
-def print_summary(rows, header=("script", "measurement", "value", "ratio to matmul peak (GFLOP/s)")) -> None:
+def print_summary(rows, header=("script", "measurement", "value", "ratio to matmul peak (GFLOP/s)",
+                                "of matmul-only", "vs plain Keras")) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.ljust(w) if i != 2 else c.rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths)))
