@@ -33,7 +33,8 @@ from infusion_tf.binarization import static_binarization
 from infusion_tf.config import ModelConfig
 from infusion_tf.registry import register_model, register_model_config
 
-__all__ = ["DVAEConfig", "DVAEModel", "static_binarization", "bernoulli_log_prob", "bernoulli_kl", "annealed_beta"]
+__all__ = ["DVAEConfig", "DVAEModel", "static_binarization", "bernoulli_log_prob", "bernoulli_kl", "annealed_beta",
+           "fit_to_training_mean"]
 
 NETWORKS = ("linear", "nonlinear")
 OBJECTIVES = ("joint", "marginal")
@@ -118,6 +119,17 @@ def _mlp(name: str, depth: int, units: int, outputs: int, input_dim: int) -> ker
 
 @register_model("dvae")
 @keras.saving.register_keras_serializable(package="infusion_tf")
+def fit_to_training_mean(train_mean, output_bias, train_array) -> None:
+    """A binary model's set-up on its training set: `train_mean` [d] <- the pixels' mean (u / 255 for uint8),
+    which the encoder subtracts from its input, and the decoder's `output_bias` [d] <- its logit (clipped to
+    [1e-3, 1 - 1e-3]), so the first decoder outputs the mean image. Used by dvae and dvae_rbm."""
+    mean = np.asarray(train_array, np.float64).reshape(len(train_array), -1).mean(axis=0)
+    mean = mean / 255.0 if np.asarray(train_array).dtype == np.uint8 else mean
+    train_mean.assign(mean.astype(np.float32))
+    clipped = np.clip(mean, 1e-3, 1 - 1e-3)
+    output_bias.assign(np.log(clipped / (1 - clipped)).astype(np.float32))
+
+
 class DVAEModel(keras.Model):
     """The directed-prior discrete VAE of Table 1 (see the module docstring); implements protocol.GenerativeModel."""
 
@@ -147,11 +159,7 @@ class DVAEModel(keras.Model):
 
     def fit_prior(self, train_array) -> None:
         """Centres the encoder's input on the training mean and starts the decoder's output bias at its logit."""
-        mean = np.asarray(train_array, np.float64).reshape(len(train_array), -1).mean(axis=0)
-        mean = mean / 255.0 if np.asarray(train_array).dtype == np.uint8 else mean
-        self.train_mean.assign(mean.astype(np.float32))
-        clipped = np.clip(mean, 1e-3, 1 - 1e-3)
-        self.decoder.layers[-1].bias.assign(np.log(clipped / (1 - clipped)).astype(np.float32))
+        fit_to_training_mean(self.train_mean, self.decoder.layers[-1].bias, train_array)
 
     def binarize(self, x):
         """[B, *example_shape] pixels u / 255 -> float32 [B, d] binary pixels (static_binarization)."""

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from infusion_tf import ais, overlapping, protocol, rbm
 from infusion_tf.config import ModelConfig
-from infusion_tf.dvae import bernoulli_kl, bernoulli_log_prob, static_binarization
+from infusion_tf.dvae import bernoulli_kl, bernoulli_log_prob, fit_to_training_mean, static_binarization
 from infusion_tf.registry import register_model, register_model_config
 
 __all__ = ["DVAERBMConfig", "DVAERBMModel", "learning_rate_schedule"]
@@ -175,11 +175,7 @@ class DVAERBMModel(keras.Model):
 
     def fit_prior(self, train_array) -> None:
         """Centres the encoder's input on the training mean and starts the decoder's output bias at its logit."""
-        mean = np.asarray(train_array, np.float64).reshape(len(train_array), -1).mean(axis=0)
-        mean = mean / 255.0 if np.asarray(train_array).dtype == np.uint8 else mean
-        self.train_mean.assign(mean.astype(np.float32))
-        clipped = np.clip(mean, 1e-3, 1 - 1e-3)
-        self.decoder.layers[-1].bias.assign(np.log(clipped / (1 - clipped)).astype(np.float32))
+        fit_to_training_mean(self.train_mean, self.decoder.layers[-1].bias, train_array)
 
     # -- the prior --------------------------------------------------------------------------------------------
 
