@@ -117,8 +117,6 @@ def _mlp(name: str, depth: int, units: int, outputs: int, input_dim: int) -> ker
     return net
 
 
-@register_model("dvae")
-@keras.saving.register_keras_serializable(package="infusion_tf")
 def fit_to_training_mean(train_mean, output_bias, train_array) -> None:
     """A binary model's set-up on its training set: `train_mean` [d] <- the pixels' mean (u / 255 for uint8),
     which the encoder subtracts from its input, and the decoder's `output_bias` [d] <- its logit (clipped to
@@ -130,6 +128,8 @@ def fit_to_training_mean(train_mean, output_bias, train_array) -> None:
     output_bias.assign(np.log(clipped / (1 - clipped)).astype(np.float32))
 
 
+@register_model("dvae")
+@keras.saving.register_keras_serializable(package="infusion_tf")
 class DVAEModel(keras.Model):
     """The directed-prior discrete VAE of Table 1 (see the module docstring); implements protocol.GenerativeModel."""
 
