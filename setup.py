@@ -24,7 +24,8 @@ setup(
         "matplotlib",
         "tensorboard",  # TensorBoard logs of training; tensorflow 2.21 does not install it
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    # scikit-learn ships the Cancer data of the Bayesian logistic-regression experiment (bayes_logreg.py)
+    extras_require={"test": ["pytest", "hypothesis", "scikit-learn"], "baselines": ["scikit-learn"]},
     entry_points={
         "console_scripts": [
             "infusion-train=infusion_tf.cli:train_main",

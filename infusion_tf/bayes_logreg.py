@@ -41,7 +41,11 @@ class CancerSplit:
 
 def load_cancer(seed: int = 0) -> CancerSplit:
     """The Wisconsin diagnostic breast-cancer data (scikit-learn), split 285 / 284 by a permutation with `seed`."""
-    from sklearn.datasets import load_breast_cancer
+    try:
+        from sklearn.datasets import load_breast_cancer
+    except ImportError:
+        raise ImportError("the Cancer data come with scikit-learn: pip install -e \".[baselines]\" "
+                          "(or pip install scikit-learn)") from None
 
     x, y = load_breast_cancer(return_X_y=True)
     order = np.random.default_rng(seed).permutation(len(x))
