@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from infusion_tf import score
 
-__all__ = ["GENERATOR_LOSSES", "entropy_surrogate", "AnnealedGAN"]
+__all__ = ["GENERATOR_LOSSES", "entropy_surrogate", "annealed_generator_loss", "AnnealedGAN"]
 
 GENERATOR_LOSSES = ("jsd", "rkl")
 
@@ -34,6 +34,16 @@ def entropy_surrogate(x: tf.Tensor, score_estimate: tf.Tensor) -> tf.Tensor:
     grad log q at x (its gradient is stopped).
     """
     return tf.reduce_mean(tf.reduce_sum(tf.stop_gradient(score_estimate) * x, axis=-1))
+
+
+def annealed_generator_loss(generator_loss: str, logit, fake, denoiser, sigma: float, lam):
+    """The generator's annealed objective: the GAN term (JSD: softplus(-D(G(z))); rkl: -D(G(z))) plus
+    lambda_t times the negative-entropy surrogate, whose gradient comes from the DAE's score on the generator's
+    own samples (App. B, F). logit: [B, 1] discriminator outputs on fake [B, d]. Returns (loss, gan, neg_entropy),
+    scalars."""
+    gan = tf.reduce_mean(tf.nn.softplus(-logit) if generator_loss == "jsd" else -logit)
+    neg_entropy = entropy_surrogate(fake, score.dae_score(denoiser, fake, sigma))
+    return gan + lam * neg_entropy, gan, neg_entropy
 
 
 def _mlp(width: int, depth: int, out: int, activation: str) -> keras.Sequential:
@@ -102,10 +112,8 @@ class AnnealedGAN(keras.Model):
 
         with tf.GradientTape() as tape:
             fake = self.generator(z)
-            logit = self.discriminator(fake)
-            gan = tf.reduce_mean(tf.nn.softplus(-logit) if self.generator_loss == "jsd" else -logit)
-            neg_entropy = entropy_surrogate(fake, score.dae_score(self.denoiser, fake, self.sigma))
-            g_loss = gan + lam * neg_entropy
+            g_loss, gan, neg_entropy = annealed_generator_loss(self.generator_loss, self.discriminator(fake), fake,
+                                                               self.denoiser, self.sigma, lam)
         self.g_optimizer.apply(tape.gradient(g_loss, self.generator.trainable_variables),
                                self.generator.trainable_variables)
 

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from infusion_tf import annealing, score
-from infusion_tf.annealed_gan import GENERATOR_LOSSES, entropy_surrogate
+from infusion_tf.annealed_gan import GENERATOR_LOSSES, annealed_generator_loss
 from infusion_tf.config import ModelConfig, check_seed
 from infusion_tf.registry import register_model, register_model_config
 
@@ -202,10 +202,8 @@ class AnnealedGANModel(keras.Model):
                                  self.denoiser.trainable_variables)
         with tf.GradientTape() as tape:
             fake = self.generator(z, training=True)
-            logit = self.discriminator(fake)
-            gan = tf.reduce_mean(tf.nn.softplus(-logit) if c.generator_loss == "jsd" else -logit)
-            neg_entropy = entropy_surrogate(fake, score.dae_score(self.denoiser, fake, c.sigma))
-            loss = gan + lam * neg_entropy
+            loss, gan, _ = annealed_generator_loss(c.generator_loss, self.discriminator(fake), fake, self.denoiser,
+                                                   c.sigma, lam)
         self.optimizer.apply(tape.gradient(loss, self.generator.trainable_variables),
                              self.generator.trainable_variables)
         return {"loss": loss, "d_loss": d_loss, "g_loss": gan, "dae_loss": dae_loss, "lambda": lam}

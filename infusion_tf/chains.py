@@ -19,8 +19,9 @@ import tensorflow_probability as tfp
 from infusion_tf.protocol import LogWeights
 
 __all__ = [
-    "infusion_log_weights", "prior_parameters", "gaussian_log_prob", "prior_log_prob", "sample_prior", "infusion_sample",
-    "mixture_choice_and_noise", "infusion_log_prob", "ChainTerms", "infusion_chain", "infusion_trajectory", "score_infusion_chain",
+    "infusion_log_weights", "prior_parameters", "gaussian_log_prob", "prior_log_prob", "sample_prior",
+    "infusion_sample", "mixture_choice_and_noise", "infusion_log_prob", "ChainTerms", "infusion_chain",
+    "infusion_trajectory", "score_infusion_chain",
     "lower_bound_terms", "sampling_chain", "seed_pair",
 ]
 
