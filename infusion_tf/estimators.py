@@ -141,21 +141,21 @@ def score_chains(scorer: LogWeightScorer, x: np.ndarray, num_chains: int, seed: 
     x = np.asarray(x, np.float32)
     n, k = x.shape[0], int(num_chains)
     chains_per_call = min(k, int(rows_per_call))
-    examples_per_call_ = examples_per_call(k, rows_per_call)
+    per_call = examples_per_call(k, rows_per_call)
     chunks = math.ceil(k / chains_per_call)
     offset = 0 if first_index is None else int(first_index)
-    if offset < 0 or offset % examples_per_call_:
-        raise ValueError(f"first_index must be a multiple of the {examples_per_call_} examples scored per call "
+    if offset < 0 or offset % per_call:
+        raise ValueError(f"first_index must be a multiple of the {per_call} examples scored per call "
                          f"(k = {k}, rows_per_call = {rows_per_call}), got {first_index}")
     variances = np.asarray(isotropic_variances, np.float64).reshape(-1)
     stats = ChainStatistics(k, np.full(n, -np.inf), np.zeros(n), np.zeros(n), np.zeros(0),  # per_step_sum: [S] below
                             variances, np.full((len(variances), n), -np.inf), np.zeros((len(variances), n)))
-    calls = math.ceil(n / examples_per_call_) * chunks
+    calls = math.ceil(n / per_call) * chunks
     bar = keras.utils.Progbar(calls, unit_name="call") if progress else None
     call = 0
-    for start in range(0, n, examples_per_call_):
-        rows = slice(start, min(n, start + examples_per_call_))
-        block = (offset + start) // examples_per_call_  # in the evaluated set's numbering, whatever slice x is
+    for start in range(0, n, per_call):
+        rows = slice(start, min(n, start + per_call))
+        block = (offset + start) // per_call  # in the evaluated set's numbering, whatever slice x is
         for chunk, first in enumerate(range(0, k, chains_per_call)):
             c = min(chains_per_call, k - first)
             step_seed = tf.random.experimental.stateless_fold_in(chains.seed_pair(seed), block * chunks + chunk)
