@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from infusion_tf import chains
+from infusion_tf import optimizers  # noqa: F401  registers FusedAdam, which last.keras names, for keras.models.load_model
 from infusion_tf.config import InfusionConfig
 from infusion_tf.networks import StepBatchNormalization, build_operator
 from infusion_tf.protocol import LogWeights

@@ -229,6 +229,31 @@ def describe_run(config, splits: data_lib.Splits, model, output_dir: str, progre
     ]
 
 
+class EpochClock(keras.callbacks.Callback):
+    """Adds `epoch_seconds` and `epoch_cpu_seconds` to each epoch's logs: the wall and process CPU time of the
+    epoch's training and validation, so that log.csv gives learning curves against CPU time (the recipe study of
+    docs/mnist.md). Placed before the loggers; off for a resumed run whose log.csv was written without them, so
+    that its columns stay aligned."""
+
+    KEYS = ("epoch_seconds", "epoch_cpu_seconds")
+
+    def __init__(self, log_path: str | None = None):
+        super().__init__()
+        self.enabled = True
+        if log_path is not None and os.path.isfile(log_path) and os.path.getsize(log_path) > 0:
+            with open(log_path) as f:
+                self.enabled = self.KEYS[0] in f.readline()
+        self._wall = self._cpu = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._wall, self._cpu = time.monotonic(), time.process_time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.enabled and logs is not None:
+            logs[self.KEYS[0]] = time.monotonic() - self._wall
+            logs[self.KEYS[1]] = time.process_time() - self._cpu
+
+
 class EpochTimer(keras.callbacks.Callback):
     """When the second epoch of this process begins: the first one's time (training, validation, checkpoint and
     pictures) and the projected time of the epochs left. Printed then, not at the first epoch's end, so that the
@@ -331,7 +356,8 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
     # Order matters: the epoch is logged and drawn, then committed, then early stopping and signals act.
     timer = [EpochTimer(config.epochs)] if verbose else []
     ema = [optimizers.EMAValidation()] if optimizers.has_ema(model) else []  # validation sees the averaged weights
-    all_callbacks = [guard, *ema, *loggers, SamplesCallback(paths, config, reference, guard=guard), *callbacks,
+    clock = EpochClock(paths.log if progress.epoch > 0 else None)
+    all_callbacks = [guard, *ema, clock, *loggers, SamplesCallback(paths, config, reference, guard=guard), *callbacks,
                      checkpoint, patience, *timer, stop]
     if not chief:  # the other workers log, draw and commit nothing
         loggers = []
