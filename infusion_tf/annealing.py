@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-__all__ = ["SCHEDULES", "linear_lambda", "exponential_lambda", "sinusoidal_lambda", "lambda_schedule",
-           "beta_lik", "beta_ent"]
+__all__ = ["SCHEDULES", "FORMS", "linear_lambda", "exponential_lambda", "sinusoidal_lambda", "lambda_schedule",
+           "beta_lik", "beta_ent", "annealed_beta"]
 
 
 def _steps(num_steps: int) -> np.ndarray:
@@ -95,3 +95,20 @@ def beta_lik(lam) -> np.ndarray:
 def beta_ent(lam) -> np.ndarray:
     """beta_ent = 1 / (1 + lambda): the temperature of entropy regularization (App. B). lam: float [...] > -1."""
     return 1.0 / _one_plus(lam)
+
+
+FORMS = {"entropy": beta_ent, "likelihood": beta_lik}  # the two regularizations of Corollary 2.2 (App. B)
+
+
+def annealed_beta(form: str, lam) -> np.ndarray:
+    """The temperature beta of F_mu(rho; beta) that regularization `form` reaches at lambda (App. B, Corollary 2.2).
+
+    "entropy":    KL(rho || mu) + lambda S(rho)         = (1 + lambda) F_mu(rho; 1 / (1 + lambda))   (Eqs. 5-6)
+    "likelihood": KL(rho || mu) - lambda E_rho[log mu]  = F_mu(rho; 1 + lambda)                      (Eqs. 1, 4)
+    lam: float [...] > -1. Returns: float64 [...]. The entropy form flattens the target (beta < 1) for lambda > 0,
+    the likelihood form for -1 < lambda < 0; both give beta = 1, the plain KL, at lambda = 0.
+    Raises: ValueError naming an unknown form, or a lambda <= -1.
+    """
+    if form not in FORMS:
+        raise ValueError(f"unknown annealing form {form!r}; choose one of {list(FORMS)}")
+    return FORMS[form](lam)

@@ -1,11 +1,13 @@
 """A sampler learned from an unnormalized density: a free-form generator paired with a MAF (Tao et al. 2019, App. G-H, I.2).
 
 Target mu(x) = u(x) / Z, known only through log u. The generator q (x = G(z), z ~ N(0, I), no density) should minimize
-the annealed reverse KL with the entropy temperature of App. B, beta_ent = 1 / (1 + lambda_t):
+the annealed reverse KL F_mu(q; beta_t) of App. A (`tempered_objective`):
 
     E_q[log q(x)] - beta_t E_q[log u(x)]      (= KL(q || mu_beta) up to constants, mu_beta ~ u^beta_t)
 
-whose gradient needs grad_x log q, which a free-form generator does not have. The paired flow nu (a MAF, `maf.py`)
+at the temperature that one of App. B's two regularizations reaches (`regularized_objective`, `annealing.annealed_beta`):
+entropy, beta_ent = 1 / (1 + lambda_t), or likelihood, beta_lik = 1 + lambda_t. Its gradient needs grad_x log q,
+which a free-form generator does not have. The paired flow nu (a MAF, `maf.py`)
 supplies it: each step nu is fitted to the generator's current samples by maximum likelihood (MAF's cheap direction,
 one pass per block), and the generator descends E_z[log nu(G(z)) - beta_t log u(G(z))] through x = G(z). Neither
 network is ever sampled from in training, which is App. G's point: sampling a MAF is D passes per block, so training
@@ -27,7 +29,8 @@ import tensorflow as tf
 
 from infusion_tf import maf
 
-__all__ = ["banana_log_u", "kidney_log_u", "TOY_LOG_U", "PairedFlowSampler", "importance_diagnostics"]
+__all__ = ["banana_log_u", "kidney_log_u", "TOY_LOG_U", "tempered_objective", "regularized_objective",
+           "paired_updates", "PairedFlowSampler", "importance_diagnostics"]
 
 
 def banana_log_u(x: tf.Tensor) -> tf.Tensor:
@@ -45,6 +48,35 @@ def kidney_log_u(x: tf.Tensor) -> tf.Tensor:
 
 
 TOY_LOG_U = {"banana": banana_log_u, "kidney": kidney_log_u}
+
+
+def tempered_objective(log_q: tf.Tensor, log_u: tf.Tensor, beta) -> tf.Tensor:
+    """F_mu(q; beta) = KL(q || mu) + (1 - beta) E_q[log mu] = E_q[log q] - beta E_q[log u] + beta log Z (App. A, Eq. 1),
+    without its constant beta log Z: a Monte Carlo mean over samples x ~ q.
+
+    log_q, log_u: float [n] at the same n samples; beta: scalar > 0. Returns: scalar. Its minimizer over all q is
+    mu_beta ~ u^beta (beta < 1: flatter than mu; beta = 1: the plain reverse KL).
+    """
+    return tf.reduce_mean(log_q) - beta * tf.reduce_mean(log_u)
+
+
+def regularized_objective(form: str, log_q: tf.Tensor, log_u: tf.Tensor, lam) -> tf.Tensor:
+    """The two annealed objectives of Corollary 2.2 (App. B), without their constants, as Monte Carlo means over x ~ q:
+
+        "entropy":    KL(q || mu) + lambda S(q)          S(q) = E_q[log q]      = (1 + lambda) F_mu(q; beta_ent)
+        "likelihood": KL(q || mu) - lambda E_q[log mu]                          = F_mu(q; beta_lik)
+
+    log_q, log_u: float [n]; lam: scalar > -1. Returns: scalar. The sampler descends `tempered_objective` at
+    `annealing.annealed_beta(form, lam)`, which is this objective divided by 1 + lambda for the entropy form
+    (the same direction; Adam's step does not depend on the loss's scale) and equal to it for the likelihood form.
+    Raises: ValueError naming an unknown form.
+    """
+    kl = tf.reduce_mean(log_q) - tf.reduce_mean(log_u)  # KL(q || mu) - log Z
+    if form == "entropy":
+        return kl + lam * tf.reduce_mean(log_q)
+    if form == "likelihood":
+        return kl - lam * tf.reduce_mean(log_u)  # E_q[log mu] = E_q[log u] - log Z: the constant dropped
+    raise ValueError(f"unknown annealing form {form!r}; choose one of ['entropy', 'likelihood']")
 
 
 def importance_diagnostics(log_u: np.ndarray, log_r: np.ndarray, log_z: float | None = None) -> dict:
@@ -67,19 +99,47 @@ def importance_diagnostics(log_u: np.ndarray, log_r: np.ndarray, log_z: float | 
             "num_samples": n, "non_finite": int((~finite).sum())}
 
 
+def paired_updates(generator, flow, flow_variables, g_optimizer, flow_optimizer, log_u, beta, zs) -> dict:
+    """One training step of the pair (App. G): a flow update by maximum likelihood on G(z) for each latent batch of
+    zs (float32 [B, latent] each), the last one's taken on the same tape as the generator's update, which descends
+    `tempered_objective(log nu(G(z)), log u(G(z)), beta)` through x = G(z) (nu stands in for log q).
+
+    generator: x = G(z), [B, latent] -> [B, dim]; flow: nu, a distribution whose log_prob is differentiable in its
+    flow_variables; log_u: [B, dim] -> [B]; beta: scalar > 0. Returns the last batch's flow_nll, g_loss, beta and
+    mean_log_u (scalars).
+    """
+    for z in zs[:-1]:
+        with tf.GradientTape() as tape:
+            flow_nll = -tf.reduce_mean(flow.log_prob(tf.stop_gradient(generator(z, training=True))))
+        flow_optimizer.apply(tape.gradient(flow_nll, flow_variables), flow_variables)
+    with tf.GradientTape(persistent=True) as tape:
+        x = generator(zs[-1], training=True)  # [B, dim]
+        log_nu = flow.log_prob(x)  # [B]; nu's gradient reads x as data, G's reads nu as log q
+        log_u_x = log_u(x)
+        flow_nll = -tf.reduce_mean(log_nu)
+        g_loss = tempered_objective(log_nu, log_u_x, beta)  # F_mu(q; beta) with nu standing in for log q
+    flow_optimizer.apply(tape.gradient(flow_nll, flow_variables), flow_variables)
+    g_vars = generator.trainable_variables
+    g_optimizer.apply(tape.gradient(g_loss, g_vars), g_vars)
+    del tape
+    return {"flow_nll": flow_nll, "g_loss": g_loss, "beta": beta, "mean_log_u": tf.reduce_mean(log_u_x)}
+
+
 class PairedFlowSampler:
     """A generator G and a MAF nu trained against log u with beta_t = betas[t] (see the module docstring).
 
-    dim: dimension of x; log_u: float32 [n, dim] -> [n]; betas: float [num_steps] inverse temperatures in (0, 1]
-    (annealing.beta_ent of a lambda schedule; steps past the end use the last). App. I.2.2: 8 blocks of [512, 512].
+    dim: dimension of x; log_u: float32 [n, dim] -> [n]; betas: float [num_steps] inverse temperatures > 0
+    (annealing.annealed_beta of a lambda schedule, either form; steps past the end use the last; beta > 1, which the
+    likelihood form reaches for lambda > 0, sharpens the target). App. I.2.2: 8 blocks of [512, 512].
     """
 
     def __init__(self, dim: int, log_u: Callable[[tf.Tensor], tf.Tensor], betas, *, blocks: int = 8,
                  hidden=(512, 512), generator_width: int = 256, generator_depth: int = 3, batch_size: int = 256,
                  learning_rate: float = 1e-3, flow_learning_rate: float = 1e-3, flow_steps: int = 1, seed: int = 0):
         betas = np.asarray(betas, np.float32).ravel()
-        if betas.size < 1 or np.any(betas <= 0) or np.any(betas > 1) or not np.all(np.isfinite(betas)):
-            raise ValueError("betas must be a non-empty schedule of inverse temperatures in (0, 1]")
+        if betas.size < 1 or not np.all(np.isfinite(betas)) or np.any(betas <= 0):
+            raise ValueError(f"betas must be a non-empty schedule of finite inverse temperatures > 0, got "
+                             f"{betas.size} values with minimum {betas.min() if betas.size else None}")
         if dim < 2 or blocks < 1 or batch_size < 2 or flow_steps < 1:
             raise ValueError(f"need dim >= 2, blocks >= 1, batch_size >= 2 and flow_steps >= 1; got {dim}, {blocks}, "
                              f"{batch_size}, {flow_steps}")
@@ -108,25 +168,15 @@ class PairedFlowSampler:
         """flow_steps flow updates (maximum likelihood on fresh generator samples), then one generator update."""
         t = self.step_count
         beta = self.betas[tf.minimum(t, tf.shape(self.betas)[0] - 1)]
-        for i in range(self.flow_steps - 1):  # extra flow updates, so that nu keeps up with q
+        zs = []
+        for i in range(self.flow_steps - 1):  # latents of the extra flow updates, so that nu keeps up with q
             seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(self.seed), t]), i + 1)
-            z = tf.random.stateless_normal([self.batch_size, self.dim], seed)
-            with tf.GradientTape() as tape:
-                flow_nll = -tf.reduce_mean(self.flow.log_prob(tf.stop_gradient(self.generator(z))))
-            self.flow_optimizer.apply(tape.gradient(flow_nll, self.flow_variables), self.flow_variables)
-        z = tf.random.stateless_normal([self.batch_size, self.dim], tf.stack([tf.constant(self.seed), t]))
-        with tf.GradientTape(persistent=True) as tape:
-            x = self.generator(z)  # [B, dim]
-            log_nu = self.flow.log_prob(x)  # [B]; nu's gradient reads x as data, G's reads nu as log q
-            log_u = self.log_u(x)
-            flow_nll = -tf.reduce_mean(log_nu)
-            g_loss = tf.reduce_mean(log_nu - beta * log_u)
-        self.flow_optimizer.apply(tape.gradient(flow_nll, self.flow_variables), self.flow_variables)
-        g_vars = self.generator.trainable_variables
-        self.g_optimizer.apply(tape.gradient(g_loss, g_vars), g_vars)
-        del tape
+            zs.append(tf.random.stateless_normal([self.batch_size, self.dim], seed))
+        zs.append(tf.random.stateless_normal([self.batch_size, self.dim], tf.stack([tf.constant(self.seed), t])))
+        values = paired_updates(self.generator, self.flow, self.flow_variables, self.g_optimizer, self.flow_optimizer,
+                                self.log_u, beta, zs)
         self.step_count.assign_add(1)
-        return {"flow_nll": flow_nll, "g_loss": g_loss, "beta": beta, "mean_log_u": tf.reduce_mean(log_u)}
+        return values
 
     def train(self, num_steps: int, log_every: int = 0, printer=print) -> list[dict]:
         """Runs num_steps steps; every log_every steps (0: never) prints and records the step's numbers."""

@@ -3,7 +3,8 @@
     python -m infusion_tf.paired_flow_toys --output-dir runs/langevin/paired_flow --density kidney
 
 trains one `paired_flow.PairedFlowSampler` per lambda0 in {0, --lambda0} (no annealing, and linear annealing of
-lambda to 0 at 0.9 of the steps, beta_ent = 1 / (1 + lambda)), then scores n samples of the flow nu (exact density) and
+lambda to 0 at 0.9 of the steps; --anneal entropy: beta_ent = 1 / (1 + lambda), likelihood: beta_lik = 1 + lambda, App. B;
+--plain 0 trains the annealed sampler only), then scores n samples of the flow nu (exact density) and
 of the generator G (nu standing in for its density): reverse KL with the exact normalizer, the importance-sampling
 estimate of log Z, the effective sample size, and the energy distance to exact samples beside that of a second exact
 set. Writes results.json (with command, commit, CPU and wall/CPU time), samples.npz and paired_flow_<density>.png.
@@ -19,17 +20,20 @@ import time
 
 import numpy as np
 
-from infusion_tf.console import parse_settings
+from infusion_tf import annealing
+from infusion_tf.console import parse_settings, print_error
 from infusion_tf.files import write_json
 
-__all__ = ["PairedFlowSettings", "run", "main"]
+__all__ = ["PairedFlowSettings", "annealed_betas", "run", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
 class PairedFlowSettings:
     density: str = "banana"  # banana | kidney (toy_densities)
     steps: int = 5000  # training steps (one flow and one generator update each)
-    lambda0: float = 1.0  # lambda at step 0 of the annealed run (linear schedule, T_max = 0.9 steps); 0: none
+    lambda0: float = 1.0  # lambda at step 0 of the annealed run (linear schedule, T_max = 0.9 steps), > -1; 0: none
+    anneal: str = "entropy"  # entropy: beta = 1 / (1 + lambda) | likelihood: beta = 1 + lambda (App. B, Corollary 2.2)
+    plain: int = 1  # 1: also train a sampler with lambda0 = 0 (no annealing) for comparison; 0: the annealed one only
     batch_size: int = 256
     blocks: int = 8  # MAF blocks (App. I.2.2: 8)
     hidden: int = 512  # units of each of the MADE's two hidden layers (App. I.2.2: [512, 512])
@@ -38,6 +42,16 @@ class PairedFlowSettings:
     flow_steps: int = 1  # flow updates per generator update
     num_samples: int = 4000  # samples scored per sampler
     seed: int = 0
+
+    def __post_init__(self):
+        if self.density not in ("banana", "kidney"):
+            raise ValueError(f"density must be banana or kidney, got {self.density!r}")
+        annealing.annealed_beta(self.anneal, self.lambda0)  # names an unknown form, or lambda0 <= -1
+        if self.plain not in (0, 1):
+            raise ValueError(f"plain must be 0 or 1, got {self.plain!r}")
+        for name in ("steps", "batch_size", "blocks", "hidden", "flow_steps", "num_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
 
 def _score(name: str, x: np.ndarray, log_r: np.ndarray, exact: np.ndarray) -> dict:
@@ -52,11 +66,17 @@ def _score(name: str, x: np.ndarray, log_r: np.ndarray, exact: np.ndarray) -> di
     return out
 
 
-def _train_one(s: PairedFlowSettings, lambda0: float) -> tuple[dict, dict]:
-    from infusion_tf import annealing, paired_flow
-
+def annealed_betas(s: PairedFlowSettings, lambda0: float) -> np.ndarray:
+    """float64 [steps] beta_t of a run: lambda_t linear from lambda0 to 0 at 0.9 of the steps (App. I.1), beta_t =
+    1 / (1 + lambda_t) (s.anneal "entropy") or 1 + lambda_t ("likelihood") (App. B); [1.0] for lambda0 = 0."""
     lambdas = annealing.linear_lambda(s.steps, lambda0, 0.9 * s.steps) if lambda0 else np.zeros(1)
-    sampler = paired_flow.PairedFlowSampler(2, paired_flow.TOY_LOG_U[s.density], annealing.beta_ent(lambdas),
+    return annealing.annealed_beta(s.anneal, lambdas)
+
+
+def _train_one(s: PairedFlowSettings, lambda0: float) -> tuple[dict, dict]:
+    from infusion_tf import paired_flow
+
+    sampler = paired_flow.PairedFlowSampler(2, paired_flow.TOY_LOG_U[s.density], annealed_betas(s, lambda0),
                                             blocks=s.blocks, hidden=(s.hidden, s.hidden), batch_size=s.batch_size,
                                             learning_rate=s.learning_rate, flow_learning_rate=s.flow_learning_rate,
                                             flow_steps=s.flow_steps, seed=s.seed)
@@ -78,14 +98,15 @@ def run(s: PairedFlowSettings, output_dir: str) -> dict:
     exact = toy_densities.exact_samples(s.density, s.num_samples, s.seed + 1)
     other = toy_densities.exact_samples(s.density, 2000, s.seed + 2)
     runs, figure = [], {}
-    for lambda0 in (0.0, s.lambda0):
+    for lambda0 in ((0.0,) if s.plain else ()) + (s.lambda0,):
         samples, info = _train_one(s, lambda0)
-        runs.append({"lambda0": lambda0, **info,
+        runs.append({"lambda0": lambda0, "anneal": s.anneal if lambda0 else "none", **info,
                      "flow": _score(s.density, samples["flow"], samples["log_nu_flow"], exact),
                      "generator_nu_as_density": _score(s.density, samples["generator"], samples["log_nu_generator"],
                                                        exact)})
-        figure[f"lambda0 {lambda0:g}: flow"] = samples["flow"]
-        figure[f"lambda0 {lambda0:g}: generator"] = samples["generator"]
+        label = f"lambda0 {lambda0:g}" + (f" ({s.anneal})" if lambda0 else "")
+        figure[f"{label}: flow"] = samples["flow"]
+        figure[f"{label}: generator"] = samples["generator"]
         np.savez(os.path.join(output_dir, f"samples_lambda{lambda0:g}.npz"), **samples)
     results = {"settings": dataclasses.asdict(s), "runs": runs, "log_z": toy_densities.log_normalizer(s.density),
                "exact_vs_exact": {"energy_distance": energy_distance(other, exact[:2000])},
@@ -116,12 +137,11 @@ def _figure(path: str, samples: dict, exact: np.ndarray) -> None:
 
 
 def main(argv=None) -> int:
-    settings, output_dir = parse_settings(PairedFlowSettings, argv, __doc__.split("\n\n")[0],
-                                          prog="python -m infusion_tf.paired_flow_toys")
-    if settings.density not in ("banana", "kidney"):
-        from infusion_tf.console import print_error
-
-        return print_error(ValueError(f"--density must be banana or kidney, got {settings.density!r}"))
+    try:  # a bad setting: one error line, exit 2
+        settings, output_dir = parse_settings(PairedFlowSettings, argv, __doc__.split("\n\n")[0],
+                                              prog="python -m infusion_tf.paired_flow_toys")
+    except ValueError as e:
+        return print_error(e)
     results = run(settings, output_dir)
     print(json.dumps([{k: r[k] for k in ("lambda0", "flow", "generator_nu_as_density")} for r in results["runs"]],
                      indent=1))

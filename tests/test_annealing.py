@@ -56,3 +56,15 @@ def test_dispatch_and_errors():
         annealing.exponential_lambda(0, 1.0, 0.1)
     with pytest.raises(ValueError, match=r"lambda must be > -1 .* got -1.0"):
         annealing.beta_ent([0.0, -1.0])
+
+
+def test_annealed_beta_names_the_two_regularizations_of_app_b():
+    lam = np.array([0.0, 1.0, -0.5, 9.0])
+    np.testing.assert_allclose(annealing.annealed_beta("entropy", lam), [1.0, 0.5, 2.0, 0.1], rtol=1e-15)
+    np.testing.assert_allclose(annealing.annealed_beta("likelihood", lam), [1.0, 2.0, 0.5, 10.0], rtol=1e-15)
+    # The two forms reach the same temperature at lambda_lik = 1 / (1 + lambda_ent) - 1 (e.g. -0.5 and 1).
+    assert annealing.annealed_beta("likelihood", -0.5) == annealing.annealed_beta("entropy", 1.0)
+    with pytest.raises(ValueError, match="annealing form 'entropic'"):
+        annealing.annealed_beta("entropic", 0.5)
+    with pytest.raises(ValueError, match="> -1"):
+        annealing.annealed_beta("likelihood", [0.0, -1.5])
