@@ -36,12 +36,15 @@ class LadderSettings:
     seed: int = 0  # dequantization noise (as eval/run.py's --seed) and proposals
     split: str = "test"  # test | validation | train
     examples_per_call: int = 8  # examples scored per call of log_weights (all k proposals of each at once)
+    batch_norm: str = "recompute"  # recompute over the training set (the paper; cached as eval/run.py does) | moving
     model_settings: tuple[str, ...] = ()  # NAME=VALUE: evaluation-only config fields, as eval/run.py's --model-setting
     output: str = ""  # results file; empty: <checkpoint>/results_k_ladder.json
 
     def __post_init__(self):
         if not self.checkpoint:
             raise ValueError("--checkpoint is required")
+        if self.batch_norm not in ("recompute", "moving"):
+            raise ValueError(f"batch_norm must be recompute or moving, got {self.batch_norm!r}")
         if self.split not in ("test", "validation", "train"):
             raise ValueError(f"split must be test, validation or train, got {self.split!r}")
         for name in ("num_examples", "k", "examples_per_call"):
@@ -64,7 +67,8 @@ class LadderSettings:
 def run(settings: LadderSettings) -> dict:
     from infusion_tf import data, estimators, files, k_ladder, protocol, provenance
     from infusion_tf.checkpoint import find_weights, load_checkpoint
-    from infusion_tf.run_folder import load_run_data
+    from infusion_tf.evaluate import use_recomputed_batch_norm
+    from infusion_tf.run_folder import load_run_data, training_splits
 
     started, cpu_started = time.time(), time.process_time()
     output = settings.output or os.path.join(settings.checkpoint, "results_k_ladder.json")
@@ -72,6 +76,13 @@ def run(settings: LadderSettings) -> dict:
     model = load_checkpoint(settings.checkpoint, model_settings=settings.model_settings)
     protocol.require(model, "likelihood", "the k ladder")
     splits, source = load_run_data(model.config, settings.checkpoint)
+    batch_norm = {"mode": "none (the model has no batch normalization)"}
+    if "batch_norm" in protocol.capabilities(model):
+        batch_norm = {"mode": settings.batch_norm}
+        if settings.batch_norm == "recompute":
+            batch_norm.update(use_recomputed_batch_norm(
+                model, find_weights(settings.checkpoint), training_splits(model.config, splits).train,
+                seed=settings.seed, data_fingerprint=source["fingerprint"]))
     x = data.eval_points(getattr(splits, settings.split)[:settings.num_examples], seed=settings.seed,
                          dequantize=model.config.dequantize)
     partial = output + ".partial.npz"
@@ -80,17 +91,18 @@ def run(settings: LadderSettings) -> dict:
     done = None
     if os.path.isfile(partial):
         with np.load(partial) as saved:
-            if str(saved["key"]) == key:
-                done = saved["log_weights"]
+            if str(saved["key"]) == key and "step_means" in saved:
+                done = k_ladder.Draws(saved["log_weights"], saved["step_means"], saved["step_variances"])
                 print(f"continuing from {len(done)} scored examples in {partial}")
 
-    def save(rows):
-        files.atomic_write(partial, lambda tmp: np.savez(tmp, key=key, log_weights=rows))
-        print(f"{len(rows)}/{len(x)} examples, {time.time() - started:.0f} s", flush=True)
+    def save(draws):
+        files.atomic_write(partial, lambda tmp: np.savez(tmp, key=key, **dataclasses.asdict(draws)))
+        print(f"{len(draws)}/{len(x)} examples, {time.time() - started:.0f} s", flush=True)
 
     scorer = estimators.LogWeightScorer.from_model(model)
-    weights = k_ladder.log_weight_matrix(scorer, x, settings.k, settings.seed, settings.examples_per_call, done, save)
-    result = {"rungs": k_ladder.ladder(weights, settings.rungs), "settings": dataclasses.asdict(settings),
+    draws = k_ladder.log_weight_matrix(scorer, x, settings.k, settings.seed, settings.examples_per_call, done, save)
+    result = {"rungs": k_ladder.ladder(draws.log_weights, settings.rungs), "per_step": k_ladder.step_terms(draws),
+              "batch_norm": batch_norm, "settings": dataclasses.asdict(settings),
               "config": model.config.to_dict(), "data_source": {**source, "data_dir":
                                                                 provenance.portable_path(source["data_dir"])},
               "weights_sha256": provenance.file_sha256(find_weights(settings.checkpoint)),
@@ -109,10 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         result = run(settings)
     except BAD_INPUT as e:
         return print_error(e)
-    print(f"{'k':>6} {'IS (nats)':>12} {'+- se':>7} {'bound':>10} {'ESS mean':>9} {'median':>7}")
+    print(f"{'k':>6} {'IS (nats)':>12} {'+- se':>7} {'bound':>10} {'ESS mean':>9} {'median':>7} {'std log w':>9}")
     for r in result["rungs"]:
         print(f"{r['k']:>6} {r['importance_sampling_nats']:>12.2f} {r['importance_sampling_standard_error']:>7.2f} "
-              f"{r['lower_bound_nats']:>10.2f} {r['ess_mean']:>9.2f} {r['ess_median']:>7.2f}")
+              f"{r['lower_bound_nats']:>10.2f} {r['ess_mean']:>9.2f} {r['ess_median']:>7.2f} "
+              f"{r['log_weight_std_mean']:>9.2f}")
+    print("per-step terms of log w: " + ", ".join(f"{t['mean_nats']:.1f} (std {t['std_over_proposals']:.1f})"
+                                                  for t in result["per_step"]))
     print(f"written to {result['output']} ({result['wall_seconds_this_process']:.0f} s wall, "
           f"{result['cpu_seconds_this_process']:.0f} s CPU)")
     return 0

@@ -16,34 +16,65 @@ that has not converged (the proposal misses posterior mass), whatever its standa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
-__all__ = ["log_weight_matrix", "ladder"]
+__all__ = ["Draws", "log_weight_matrix", "step_terms", "ladder"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Draws:
+    """What the ladder keeps per example: the k log-weights, and the mean and variance over those k proposals of
+    each per-step term of the log-weight (the model's `per_step`, e.g. Eq. 3's T + 1 terms of infusion)."""
+
+    log_weights: np.ndarray  # float64 [n, k]
+    step_means: np.ndarray  # float64 [n, S]
+    step_variances: np.ndarray  # float64 [n, S]
+
+    def __len__(self) -> int:
+        return len(self.log_weights)
+
+    @staticmethod
+    def concatenate(parts: list["Draws"]) -> "Draws":
+        return Draws(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Draws)))
 
 
 def log_weight_matrix(scorer, x: np.ndarray, k: int, seed: int, examples_per_call: int = 8,
-                      done: np.ndarray | None = None, on_chunk=None) -> np.ndarray:
-    """Log-weights l_j = log p(x, z_j) - log q(z_j | x) of k proposals per example: float64 [n, k].
+                      done: Draws | None = None, on_chunk=None) -> Draws:
+    """Log-weights l_j = log p(x, z_j) - log q(z_j | x) of k proposals per example ([n, k]), with their per-step
+    terms' means and variances over the proposals ([n, S]).
 
     scorer: estimators.LogWeightScorer (any model of the protocol); x: float32 [n, ...]. The proposals of each
     example come from one call (one fitted proposal); chunk c of examples_per_call examples uses the seed
-    [seed, c]. done: rows already scored ([m, k], m <= n, from an interrupted run with the same settings), kept;
-    on_chunk(rows_so_far [m', k]) is called after each chunk (for a partial save).
+    [seed, c]. done: the Draws of the first examples from an interrupted run with the same settings, kept;
+    on_chunk(draws_so_far) is called after each chunk (for a partial save).
     """
     import tensorflow as tf
 
     n = len(x)
-    rows = [np.asarray(done, np.float64)] if done is not None and len(done) else []
-    start = len(rows[0]) if rows else 0
+    parts = [done] if done is not None and len(done) else []
+    start = len(done) if parts else 0
     for first in range(start, n, examples_per_call):
         chunk = first // examples_per_call
-        per_step, _ = scorer(x[first:first + examples_per_call], k, tf.constant([seed, chunk], tf.int32))
-        rows.append(per_step.sum(axis=0))  # [b, k]
+        per_step, _ = scorer(x[first:first + examples_per_call], k, tf.constant([seed, chunk], tf.int32))  # [S, b, k]
+        parts.append(Draws(per_step.sum(axis=0), per_step.mean(axis=2).T, per_step.var(axis=2).T))
         if on_chunk is not None:
-            on_chunk(np.concatenate(rows))
-    return np.concatenate(rows) if rows else np.zeros((0, k))
+            on_chunk(Draws.concatenate(parts))
+    if not parts:
+        return Draws(np.zeros((0, k)), np.zeros((0, 0)), np.zeros((0, 0)))
+    return Draws.concatenate(parts)
+
+
+def step_terms(draws: Draws) -> list[dict]:
+    """Per step s: the mean over examples and proposals of its term of log w, and the root mean over examples of
+    its variance over the proposals. The steps whose terms vary most between proposals are those that spread the
+    log-weights, and so the gap between importance sampling and the lower bound (about var(log w) / 2 while the
+    weights are nearly log-normal, up to log k once one proposal dominates)."""
+    return [{"step": s, "mean_nats": float(draws.step_means[:, s].mean()),
+             "std_over_proposals": float(np.sqrt(draws.step_variances[:, s].mean()))}
+            for s in range(draws.step_means.shape[1])]
 
 
 def _logsumexp(values: np.ndarray) -> np.ndarray:
@@ -65,9 +96,11 @@ def ladder(log_weights: np.ndarray, ks) -> list[dict]:
         estimate = _logsumexp(l) - math.log(k)  # [n]
         bound = l.mean(axis=1)
         ess = np.exp(2.0 * _logsumexp(l) - _logsumexp(2.0 * l))  # [n], in [1, k]
+        spread = l.std(axis=1, ddof=1) if k > 1 else np.zeros(n)  # [n]: the log-weights' spread
         se = (lambda v: float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"))
         rungs.append({"k": int(k), "importance_sampling_nats": float(estimate.mean()),
                       "importance_sampling_standard_error": se(estimate), "lower_bound_nats": float(bound.mean()),
                       "lower_bound_standard_error": se(bound), "ess_mean": float(ess.mean()),
-                      "ess_median": float(np.median(ess)), "ess_min": float(ess.min()), "num_examples": int(n)})
+                      "ess_median": float(np.median(ess)), "ess_min": float(ess.min()), "log_weight_std_mean": float(spread.mean()),
+                      "num_examples": int(n)})
     return rungs

@@ -47,10 +47,17 @@ def test_the_estimate_reaches_the_exact_log_likelihood_and_resumes_exactly():
     x = np.linspace(-1.0, 1.0, 40).astype(np.float32)
     scorer = gaussian_scorer()
     saved = []
-    l = k_ladder.log_weight_matrix(scorer, x, 4000, seed=3, examples_per_call=16, on_chunk=saved.append)
+    draws = k_ladder.log_weight_matrix(scorer, x, 4000, seed=3, examples_per_call=16, on_chunk=saved.append)
+    l = draws.log_weights
     assert l.shape == (40, 4000) and [len(s) for s in saved] == [16, 32, 40]
     resumed = k_ladder.log_weight_matrix(scorer, x, 4000, seed=3, examples_per_call=16, done=saved[0])
-    np.testing.assert_array_equal(resumed, l)
+    for name in ("log_weights", "step_means", "step_variances"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(draws, name))
+    # One step here: its term is log w itself, whose variance over z ~ N(0, 1) is 1/2 + x^2 (Var of (x - z)^2 / 2).
+    np.testing.assert_allclose(draws.step_means[:, 0], l.mean(axis=1))
+    terms = k_ladder.step_terms(draws)
+    assert len(terms) == 1 and terms[0]["std_over_proposals"] == pytest.approx(
+        math.sqrt(np.mean(0.5 + x.astype(np.float64) ** 2)), rel=0.05)
     exact = stats.norm.logpdf(x, 0, math.sqrt(2)).mean()
     top = k_ladder.ladder(l, [1, 4000])
     w = np.exp(l)  # the relative standard error of the mean weight bounds the error of its log
@@ -58,3 +65,30 @@ def test_the_estimate_reaches_the_exact_log_likelihood_and_resumes_exactly():
     assert abs(top[1]["importance_sampling_nats"] - exact) < tolerance
     assert top[0]["lower_bound_nats"] < exact  # Jensen: the bound is below log p(x) (by about 0.5 nats here)
     assert 0.5 * 4000 < top[1]["ess_mean"] < 4000  # a proposal near the posterior: most weights count
+
+
+def test_the_command_recomputes_batch_statistics_and_reports_the_step_terms(tmp_path):
+    """eval/k_ladder.py on a tiny infusion run: batch statistics recomputed over the training set (and cached beside
+    the weights, as eval/run.py does), one term per step whose means add up to the lower bound, k = 1 rung equal
+    to the bound."""
+    import json
+
+    from _helpers import run_command
+    from infusion_tf import InfusionConfig, training
+
+    run = tmp_path / "run"
+    training.train(InfusionConfig(width=32, depth=1, num_steps=3, sampling_steps=4, batch_size=50, train_examples=300,
+                                  validation_examples=100, epochs=1), str(run), verbose=0, export=False)
+    out = tmp_path / "ladder.json"
+    result = run_command("eval/k_ladder.py", "--checkpoint", run, "--num-examples", "6", "--k", "30", "--ladder",
+                         "1,30", "--examples-per-call", "4", "--output", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["batch_norm"]["mode"] == "recompute" and "max_abs_mean_change" in report["batch_norm"]
+    assert any(p.name.endswith(".batch_norm.npz") for p in (run / "checkpoints").iterdir())
+    steps, (one, thirty) = report["per_step"], report["rungs"]
+    assert len(steps) == 3 + 1  # the prior's term and T = 3 transitions
+    assert sum(s["mean_nats"] for s in steps) == pytest.approx(thirty["lower_bound_nats"], rel=1e-6)
+    assert one["importance_sampling_nats"] == pytest.approx(one["lower_bound_nats"], rel=1e-9)
+    assert thirty["importance_sampling_nats"] > thirty["lower_bound_nats"] and thirty["log_weight_std_mean"] > 0
+    assert "per-step terms of log w" in result.stdout

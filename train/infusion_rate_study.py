@@ -16,11 +16,11 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from studies import run_command, trained_epochs
+
 
 # (name, num_steps, alpha0, omega, the paper's test lower bound in Table 4)
 ROWS = [
@@ -35,29 +35,16 @@ ROWS = [
 ]
 
 
-def _run(command: list[str]) -> None:
-    print("+", " ".join(command), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
-
-
-def _trained_epochs(folder: str) -> int:
-    state = os.path.join(folder, "checkpoints", "state.json")
-    if not os.path.isfile(state):
-        return 0
-    with open(state) as f:
-        return int(json.load(f).get("epoch", 0))
-
-
 def train_row(output_dir: str, name: str, num_steps: int, alpha0: float, omega: float, args) -> str:
     folder = os.path.join(output_dir, name)
     flags = ["--dataset", "mnist", "--num-steps", str(num_steps), "--alpha0", str(alpha0), "--omega", str(omega),
              "--epochs", str(args.epochs), "--precision", args.precision, "--output-dir", folder, "--verbose", "2"]
     if os.path.isfile(os.path.join(folder, "config.json")):
-        if _trained_epochs(folder) >= args.epochs and os.path.isdir(os.path.join(folder, "saved_model")):
+        if trained_epochs(folder) >= args.epochs and os.path.isdir(os.path.join(folder, "saved_model")):
             return folder
         flags.append("--resume")
     started = time.time()
-    _run([sys.executable, "train/run.py", *flags])
+    run_command(["train/run.py", *flags])
     wall = os.path.join(folder, "train_wall_seconds.json")
     seconds = time.time() - started
     if os.path.isfile(wall):
@@ -71,7 +58,7 @@ def train_row(output_dir: str, name: str, num_steps: int, alpha0: float, omega: 
 def evaluate_row(folder: str, args) -> dict:
     output = os.path.join(folder, "results_lower_bound.json")
     if not os.path.isfile(output):
-        _run([sys.executable, "eval/run.py", "--checkpoint", folder, "--estimator", "lower_bound",
+        run_command(["eval/run.py", "--checkpoint", folder, "--estimator", "lower_bound",
               "--num-examples", str(args.num_examples), "--k", str(args.k), "--repeats", str(args.repeats),
               "--output", output])
     with open(output) as f:
