@@ -98,6 +98,15 @@ def lower_bound_check(model, x: np.ndarray, settings: ExportSettings, batch_norm
             "standard_error_nats": estimate.standard_error}
 
 
+def sample_check(model, seed: int = 0, num_samples: int = 16) -> dict:
+    """A check that needs no data: the mean pixel of each of num_samples samples (model sampling chain, means,
+    config.sampling_steps steps, the weights' moving statistics) drawn with `seed`. Other weights move these means
+    by hundredths; float rounding by far less. A user's clone can run it without the dataset (Fashion-MNIST)."""
+    samples = np.asarray(model.sample(num_samples, seed=seed), np.float64)
+    return {"num_samples": num_samples, "seed": seed, "batch_norm": "moving",
+            "sample_means": [float(v) for v in samples.reshape(num_samples, -1).mean(axis=1)]}
+
+
 def use_shipped_batch_norm(model, folder: str, seed: int = 0, data_dir: str | None = None) -> str:
     """Sets the model's statistics to the recomputed ones shipped in `folder` (or recomputes them); returns the file.
 
@@ -368,6 +377,7 @@ def _write_folder(settings: ExportSettings, staging: str, model, weights_path: s
         checks = {"check_recomputed": lower_bound_check(exported, x, settings, "recomputed (best.batch_norm.npz)")}
     else:
         checks = {}
+    checks["check_samples"] = sample_check(load_checkpoint(staging), settings.seed)  # moving statistics, no data
     commit = provenance.git_commit()
     summary = {"source": _display(settings.checkpoint), "source_weights": _display(weights_path), "weights": name,
                "results": [os.path.basename(p) for p in results], "not_copied": skipped, "commit": commit,

@@ -19,7 +19,6 @@ from infusion_tf.config import save_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = InfusionConfig(width=32, depth=1, num_steps=2, sampling_steps=3, train_examples=200, batch_size=50)
-SHIPPED = os.path.join(REPO, "pretrained", "mnist")
 
 
 def _command(name):
@@ -162,6 +161,10 @@ def test_export_writes_a_small_loadable_folder(checkpoint, pretrained):
     summary = json.loads(open(os.path.join(pretrained, "export.json")).read())
     assert summary["check"]["num_examples"] == 20 and np.isfinite(summary["check"]["mean_nats"])
     assert summary["not_copied"] == ["results_parzen.json: computed on weights last, not best.weights.h5"]
+    samples = summary["check_samples"]  # the data-free check: the same draw from the shipped folder
+    assert len(samples["sample_means"]) == 16 and all(0.0 < m < 1.0 for m in samples["sample_means"])
+    np.testing.assert_allclose(export.sample_check(shipped, samples["seed"])["sample_means"], samples["sample_means"],
+                               atol=1e-6)
     readme = open(os.path.join(pretrained, "README.md")).read()
     for line in (f"python eval/run.py --checkpoint {pretrained} --estimator lower_bound", "load_checkpoint(",
                  "model.sample(", "visualize.save_sample_grid(", "Epochs trained: 4", "epoch 4",
@@ -260,18 +263,46 @@ def test_exported_folder_gives_the_recomputed_check_with_the_default_command(pre
         os.path.join(pretrained, "README.md")).read()
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(SHIPPED, "export.json")), reason="pretrained/mnist not shipped yet")
+def _shipped(name: str) -> str:
+    return os.path.join(REPO, "pretrained", name)
+
+
+# The shipped models: MNIST's test images ship with the package; Fashion-MNIST's are read from ../shared/data.
+SHIPPED_MODELS = [pytest.param(name, marks=[pytest.mark.shared_data] if name != "mnist" else [])
+                  for name in ("mnist", "fashion_mnist") if os.path.isfile(os.path.join(_shipped(name), "export.json"))]
+
+
+@pytest.mark.skipif(not SHIPPED_MODELS, reason="no pretrained model shipped yet")
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
 @pytest.mark.parametrize("which", ["check", "check_recomputed"])
-def test_shipped_model_gives_its_documented_lower_bound(which):
+def test_shipped_model_gives_its_documented_lower_bound(name, which):
     """Same examples, chains and seed as at export: only float rounding differs (CPU kernels, GPU TF32), far below
     the 2 nats allowed; wrong weights or batch-norm statistics move the bound by tens of nats or more. `check`
     uses the training's moving statistics, `check_recomputed` the shipped ones (what `eval/run.py` uses)."""
-    check = json.loads(open(os.path.join(SHIPPED, "export.json")).read())[which]
-    model = load_checkpoint(SHIPPED)
+    from conftest import shared_data_dir
+
+    folder = _shipped(name)
+    data_dir = None if name == "mnist" else str(shared_data_dir(name))
+    check = json.loads(open(os.path.join(folder, "export.json")).read())[which]
+    model = load_checkpoint(folder)
     if which == "check_recomputed":
-        assert export.use_shipped_batch_norm(model, SHIPPED, check["seed"]) == os.path.join(SHIPPED,
-                                                                                            "best.batch_norm.npz")
-    settings = export.ExportSettings(checkpoint=SHIPPED, check_examples=check["num_examples"],
-                                     check_chains=check["k"], seed=check["seed"])
+        assert export.use_shipped_batch_norm(model, folder, check["seed"], data_dir) == os.path.join(
+            folder, "best.batch_norm.npz")
+    settings = export.ExportSettings(checkpoint=folder, check_examples=check["num_examples"],
+                                     check_chains=check["k"], seed=check["seed"], data_dir=data_dir)
     result = export.lower_bound_check(model, export.check_points(model.config, settings), settings)
     assert abs(result["mean_nats"] - check["mean_nats"]) < 2.0, (result["mean_nats"], check["mean_nats"])
+
+
+SAMPLE_CHECKED = [name for name in ("mnist", "fashion_mnist") if os.path.isfile(os.path.join(_shipped(name), "export.json"))
+                  and "check_samples" in json.loads(open(os.path.join(_shipped(name), "export.json")).read())]
+
+
+@pytest.mark.skipif(not SAMPLE_CHECKED, reason="no shipped model records a sample check yet")
+@pytest.mark.parametrize("name", SAMPLE_CHECKED)
+def test_shipped_model_draws_its_documented_samples_without_data(name):
+    """The data-free check: the same seed gives the same samples, each image's mean pixel within 1e-3 (rounding
+    moves it by about 1e-6; other weights by hundredths). Runs on a clone that has none of the model's data."""
+    check = json.loads(open(os.path.join(_shipped(name), "export.json")).read())["check_samples"]
+    result = export.sample_check(load_checkpoint(_shipped(name)), check["seed"], check["num_samples"])
+    np.testing.assert_allclose(result["sample_means"], check["sample_means"], atol=1e-3)
