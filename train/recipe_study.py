@@ -95,7 +95,7 @@ def _paired_gain(paper, result: dict, name: str) -> dict:
     """Mean and standard error over the examples of (this bound - the paper recipe's), on the same examples."""
     if paper is None:
         return {}
-    gain = np.asarray(result["per_example_nats"]) - np.asarray(paper)
+    gain = np.asarray(result["per_example_nats"]["estimate"]) - np.asarray(paper)
     return {f"{name}_gain": float(gain.mean()), f"{name}_gain_se": float(gain.std(ddof=1) / np.sqrt(gain.size))}
 
 
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
             log = _log(folder)
             cpu = [sum(row["epoch_cpu_seconds"] for row in log[:i + 1]) / 60 for i in range(len(log))]
             raw, average = evaluate(folder, "raw", args), evaluate(folder, "last", args)
-            paper = reference.setdefault(study, raw["per_example_nats"] if recipe == "constant" else None)
+            paper = reference.setdefault(study, raw["per_example_nats"]["estimate"] if recipe == "constant" else None)
             rows.append({"study": study, "recipe": recipe, "description": RECIPES[recipe][1], "epochs": epochs,
                          "calibrated_cpu_seconds_per_epoch": per_epoch, "cpu_minutes": cpu[-1],
                          "wall_minutes": sum(row["epoch_seconds"] for row in log) / 60,
