@@ -79,7 +79,7 @@ def model_config_class(argv: list[str] | None = None) -> type:
 def config_from_flags(args: argparse.Namespace, example_shape: tuple[int, ...] | None = None,
                       config_class: type = InfusionConfig):
     """The model's preset for args.dataset with every flag that was given applied (and the data's example shape)."""
-    base = config_class.for_dataset(args.dataset)
+    base = config_lib.with_recipe(config_class.for_dataset(args.dataset), getattr(args, "recipe", "preset"))
     overrides = _given_flags(args, config_class)
     if example_shape is not None:
         overrides["example_shape"] = tuple(example_shape)
@@ -96,6 +96,10 @@ def train_parser(config_class: type = InfusionConfig) -> argparse.ArgumentParser
     parser.add_argument("--dataset", default=None,
                         help="(default mnist) mnist, fashion_mnist (local IDX files), mixture_of_gaussians, banana (2-D toys), "
                              "or any TFDS image dataset such as cifar10 (needs internet the first time)")
+    parser.add_argument("--recipe", default="preset", choices=("preset", "paper"),
+                        help="preset (default): the dataset's preset, whose optimization comes from the recipe study "
+                             "(docs/mnist.md); paper: the paper's (Adam 1e-3 constant, batch 100, float32, no "
+                             "average of the weights); flags given beside it win")
     parser.add_argument("--data-dir", default=None,
                         help="folder of the four IDX .gz files or the TFDS data folder (default: the MNIST files "
                              "shipped with the package; with --resume, the data the run recorded in data_source.json)")
@@ -162,6 +166,9 @@ def train_main(argv: list[str] | None = None) -> int:
         if getattr(args, "precision", None) == "auto":  # a resumed run keeps the precision it chose when it started
             args.precision, precision_note = (None, None) if args.resume else precision_lib.resolve_precision("auto")
         if args.resume:  # the run's own config; flags other than run_folder.RESUMABLE_FIELDS must agree with it
+            if args.recipe != "preset":
+                raise ValueError(f"--resume: the run in {output_dir!r} keeps the recipe it started with; --recipe "
+                                 f"{args.recipe} applies to a new run")
             config = run_folder.resume_config(output_dir, _given_flags(args, config_class))
             if args.model is not None and args.model != config.model:
                 raise ValueError(f"--resume: the run in {output_dir!r} trains model {config.model!r}, "

@@ -142,3 +142,23 @@ def test_load_config_invalid_json(tmp_path):
     (tmp_path / CONFIG_FILENAME).write_text("{not json")
     with pytest.raises(ValueError, match="JSON"):
         load_config(str(tmp_path))
+
+
+def test_the_paper_recipe_resets_the_optimization_and_flags_still_win():
+    """train/run.py --recipe paper: the paper's optimization over the preset, whatever the preset's recipe; a flag
+    given beside it wins; a model config without those fields keeps its own; another name is refused."""
+    from infusion_tf import cli
+    from infusion_tf.config import PAPER_RECIPE, PRESETS, with_recipe
+
+    tuned = dataclasses.replace(PRESETS["mnist"], lr_schedule="cosine", ema_momentum=0.999, batch_size=512,
+                                learning_rate=3e-3, precision="mixed_bfloat16")
+    paper = with_recipe(tuned, "paper")
+    assert {k: getattr(paper, k) for k in PAPER_RECIPE} == PAPER_RECIPE
+    assert dataclasses.replace(paper, **{k: getattr(tuned, k) for k in PAPER_RECIPE}) == tuned  # nothing else moved
+    assert with_recipe(tuned, "preset") is tuned
+    with pytest.raises(ValueError, match="recipe must be"):
+        with_recipe(tuned, "fast")
+    args = cli.train_parser().parse_args(["--recipe", "paper", "--ema-momentum", "0.99"])
+    args.dataset = "mnist"
+    config = cli.config_from_flags(args)
+    assert config.ema_momentum == 0.99 and config.lr_schedule == "constant" and config.precision == "float32"

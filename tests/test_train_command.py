@@ -227,6 +227,8 @@ def test_resume_with_a_conflicting_flag_is_refused(mnist_run, tmp_path):
     result = run_train("--resume", "--epochs", 3, "--width", 64, "--output-dir", run)
     assert_usage_error(result, "width")
     assert snapshot(run) == before
+    assert_usage_error(run_train("--resume", "--recipe", "paper", "--output-dir", run), "recipe")  # a new run's
+    assert snapshot(run) == before
 
 
 def _fewer_images(tmp_path: pathlib.Path, train: int = 10_300, test: int = 500) -> pathlib.Path:
