@@ -154,6 +154,13 @@ class AnnealedGANModel(keras.Model):
         self.discriminator.build((None, d))
         self.lambdas = tf.constant(lambda_values(c))  # [total_steps]
         self.seed_generator = keras.random.SeedGenerator(c.seed)
+        # The discriminator's and the DAE's Adams are made and built here, not in an overridden compile(): Keras then
+        # saves their state in last.keras with the model's and restores it on --resume (keras.models.load_model
+        # does not call a custom compile, so the model came back without any optimizer and could not resume).
+        self.d_optimizer = keras.optimizers.Adam(c.learning_rate, beta_1=0.5)
+        self.dae_optimizer = keras.optimizers.Adam(c.learning_rate, beta_1=0.5)
+        self.d_optimizer.build(self.discriminator.trainable_variables)
+        self.dae_optimizer.build(self.denoiser.trainable_variables)
         self.built = True
 
     def get_config(self):
@@ -164,16 +171,10 @@ class AnnealedGANModel(keras.Model):
         return (f"{NAME}: {c.generator_loss} GAN, MLPs {c.depth} x {c.width}, z in R^{c.latent_dim}, entropy term "
                 f"lambda0 = {c.lambda0:g} ({c.schedule}), DAE sigma = {c.sigma:g}")
 
-    def compile(self, optimizer=None, **kwargs):
-        """Three Adams (beta_1 = 0.5) at the caller's learning rate; `optimizer` (the generator's) counts the steps."""
-        lr = self.config.learning_rate
-        if isinstance(optimizer, keras.optimizers.Optimizer):
-            lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        super().compile(optimizer=keras.optimizers.Adam(lr, beta_1=0.5), **kwargs)
-        self.d_optimizer = keras.optimizers.Adam(lr, beta_1=0.5)
-        self.dae_optimizer = keras.optimizers.Adam(lr, beta_1=0.5)
-        self.d_optimizer.build(self.discriminator.trainable_variables)
-        self.dae_optimizer.build(self.denoiser.trainable_variables)
+    def make_optimizer(self):
+        """The generator's Adam (beta_1 = 0.5), the compiled optimizer whose iterations count the steps; the
+        discriminator and the DAE have their own (made in __init__), all three at config.learning_rate."""
+        return keras.optimizers.Adam(self.config.learning_rate, beta_1=0.5)
 
     def fit_prior(self, train_array) -> None:
         """Nothing to fit: z ~ N(0, I)."""

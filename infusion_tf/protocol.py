@@ -18,12 +18,18 @@ Required
                                     float32 [n, *example_shape] samples (for Parzen, sample quality, figures
                                     and the SavedModel's `sample` signature)
     fit_prior(train_array)          optional set-up from the training set before the first step (may do nothing)
+    train_step(x) / test_step(x)    Keras' own. A model that learns from a target's unnormalized log density
+                                    instead of its examples (paired_flow: the toy datasets' log u) reads only
+                                    the batch size of x in train_step; the examples still validate and evaluate
     monitor (optional attribute)    (metric, "max" | "min"), the validation metric of the best epoch; default
                                     ("lower_bound", "max"); a sample-only model names one it has (`monitor(model)`)
 
 Optional capabilities, discovered with `capabilities(model)`, never assumed:
     "likelihood"    log_weights above; a sample-only model (a GAN, a score-based sampler) leaves it out, and
-                    eval/run.py refuses its lower bound and importance sampling with one error line
+                    eval/run.py refuses its lower bound and importance sampling with one error line. A model
+                    whose samples have a density under some evaluation settings only (paired_flow: its flow's
+                    samples do, its generator's do not) makes log_weights a property that is None where they
+                    have none, so that the likelihood always describes the law that `sample` draws from
     "inpaint"       inpaint(images, mask, num_steps=None, seed=None) -> [B, *example_shape]: clamps mask = 1
     "chain"         sample(n, num_steps, seed, return_chain=True) -> (samples, [steps + 1, n, ...])
     "batch_norm"    step_batch_norms() -> the layers whose statistics can be recomputed over the training set

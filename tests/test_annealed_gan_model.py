@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -49,9 +50,13 @@ def test_the_model_is_sample_only_and_monitors_its_energy_distance():
 def test_train_and_evaluate_through_the_commands(tmp_path):
     run = tmp_path / "gan"
     result = run_command("train/run.py", "--model", "annealed_gan", "--dataset", "banana", "--output-dir", run,
-                         "--epochs", "2", "--train-examples", "1024", "--validation-examples", "256", "--width", "32",
+                         "--epochs", "1", "--train-examples", "1024", "--validation-examples", "256", "--width", "32",
                          "--verbose", "0")
     assert result.returncode == 0, result.stderr
+    resumed = run_command("train/run.py", "--resume", "--output-dir", run, "--epochs", "2", "--verbose", "0")
+    assert resumed.returncode == 0, resumed.stderr  # the three optimizers come back from last.keras
+    model = keras.models.load_model(run / "checkpoints" / "last.keras")
+    assert [int(o.iterations) for o in (model.optimizer, model.d_optimizer, model.dae_optimizer)] == [8, 8, 8]
     log = (run / "log.csv").read_text().splitlines()
     assert log[0].split(",")[-1] == "val_energy_distance" and len(log) == 3
     distances = [float(line.split(",")[-1]) for line in log[1:]]
