@@ -112,6 +112,7 @@ class InfusionConfig(ModelConfig):
     init_from: str | None = None  # warm start from this run or pretrained folder's weights (best, else last), fresh optimizer
     # --- outputs
     sample_every: int = 5  # write sample and chain PNGs after epoch 1 and every this many epochs
+    snapshot_every: int | None = None  # keep checkpoints/epochNNNN.weights.h5 every this many epochs (learning curves); None: none
     sampling_steps: int = 30  # the paper samples 30 steps from a 15-step model (Section 4.2)
 
     def __post_init__(self) -> None:
@@ -132,7 +133,7 @@ class InfusionConfig(ModelConfig):
             raise ValueError("dataset must be a non-empty name, got an empty string")
         for name in ("num_steps", "width", "depth", "batch_size", "epochs", "sample_every", "sampling_steps"):
             _check_positive_int(name, getattr(self, name))
-        for name in ("train_examples", "validation_examples", "patience"):
+        for name in ("train_examples", "validation_examples", "patience", "snapshot_every"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
         shape = tuple(self.example_shape)

@@ -41,7 +41,7 @@ __all__ = ["RunPaths", "Progress", "RESUMABLE_FIELDS", "DATA_SOURCE_FILENAME", "
            "load_training_data", "save_checkpoint", "read_progress", "commit_epoch", "resume_model",
            "repair_run_folder"]
 
-RESUMABLE_FIELDS = ("epochs", "patience")  # what --resume may change; every other setting is the run's own
+RESUMABLE_FIELDS = ("epochs", "patience", "snapshot_every")  # what --resume may change; every other setting is the run's own
 _PROGRESS_ENTRY = "infusion_progress.json"  # the Progress, stored inside last.keras beside the weights
 DATA_SOURCE_FILENAME = "data_source.json"  # data.data_source of the run's data, written when the folder is created
 
@@ -66,6 +66,10 @@ class RunPaths:
     tensorboard = property(lambda self: self._join("tensorboard"))
     samples = property(lambda self: self._join("samples"))
     saved_model = property(lambda self: self._join("saved_model"))
+
+    def snapshot(self, epoch: int) -> str:
+        """The copy of last.weights.h5 kept after `epoch` (config snapshot_every), for learning curves."""
+        return self._join("checkpoints", f"epoch{epoch:04d}.weights.h5")
 
 
 @dataclasses.dataclass(frozen=True)

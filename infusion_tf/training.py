@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -22,7 +23,7 @@ import numpy as np
 
 from infusion_tf import checkpoint, optimizers, protocol
 from infusion_tf import data as data_lib
-from infusion_tf import distribute
+from infusion_tf import distribute, files
 from infusion_tf import visualize
 from infusion_tf.config import InfusionConfig
 from infusion_tf.run_folder import (Progress, RunPaths, check_output_dir, commit_epoch, create_output_dir,
@@ -93,10 +94,11 @@ class CheckpointCallback(keras.callbacks.Callback):
     state.json. Goes after the callbacks that log the epoch (see the module docstring)."""
 
     def __init__(self, paths: RunPaths, guard: NonFiniteLossGuard, progress: Progress = Progress(),
-                 commit: bool = True):
+                 commit: bool = True, snapshot_every: int | None = None):
         super().__init__()
         self.paths, self.guard, self.progress = paths, guard, progress
         self.commit = commit  # False on a worker that is not the chief: it keeps the Progress and writes nothing
+        self.snapshot_every = snapshot_every  # the run's config (a resumed run may change it), not the model's
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -110,6 +112,10 @@ class CheckpointCallback(keras.callbacks.Callback):
                                               (self.progress.best_val_lower_bound, self.progress.best_epoch)))
         if self.commit:
             commit_epoch(self.paths, self.model, self.progress, improved)
+            # A copy of the weights evaluation reads (the average, with --ema-momentum).
+            if self.snapshot_every and (epoch + 1) % self.snapshot_every == 0:
+                files.atomic_write(self.paths.snapshot(epoch + 1),
+                                   lambda tmp: shutil.copyfile(self.paths.last_weights, tmp))
 
 
 class PatienceStopping(keras.callbacks.Callback):
@@ -348,7 +354,8 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
     if verbose and chief:
         print("\n".join(describe_run(config, splits, model, output_dir, progress)), flush=True)
     guard = NonFiniteLossGuard()
-    checkpoint = CheckpointCallback(paths, guard, progress, commit=chief)
+    checkpoint = CheckpointCallback(paths, guard, progress, commit=chief,
+                                    snapshot_every=getattr(config, "snapshot_every", None))
     patience, stop = PatienceStopping(checkpoint, config.patience), StopOnSignal()
     reference = splits.train[:2000] if len(config.example_shape) == 1 else None
     loggers = [keras.callbacks.CSVLogger(paths.log, append=progress.epoch > 0),

@@ -221,6 +221,24 @@ def test_resume_continues_at_the_next_epoch(mnist_run, tmp_path):
         assert without_times(resumed_row) == pytest.approx(without_times(straight_row), rel=1e-4)
 
 
+def test_snapshots_keep_the_weights_of_every_nth_epoch(mnist_run, tmp_path):
+    """--snapshot-every N (also on --resume): checkpoints/epochNNNN.weights.h5, a copy of that epoch's
+    last.weights.h5 (the weights eval/run.py reads), for learning curves evaluated afterwards."""
+    from infusion_tf.config import load_config
+
+    run = copy_run(mnist_run, tmp_path)
+    assert_ok(run_train("--resume", "--epochs", 4, "--snapshot-every", 3, "--output-dir", run))
+    kept = sorted(p.name for p in (run / "checkpoints").glob("epoch*.weights.h5"))
+    assert kept == ["epoch0003.weights.h5"] and load_config(str(run)).snapshot_every == 3
+    assert (run / "checkpoints" / "epoch0003.weights.h5").read_bytes() != (
+        run / "checkpoints" / "last.weights.h5").read_bytes()  # epoch 4 moved on
+    result = subprocess.run([sys.executable, "eval/run.py", "--checkpoint", str(run), "--weights",
+                             str(run / "checkpoints" / "epoch0003.weights.h5"), "--num-examples", "5", "--k", "2",
+                             "--repeats", "1", "--output", str(tmp_path / "e3.json")], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_resume_with_a_conflicting_flag_is_refused(mnist_run, tmp_path):
     run = copy_run(mnist_run, tmp_path)
     before = snapshot(run)
