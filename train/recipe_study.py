@@ -49,6 +49,8 @@ RECIPES = {
                           "--ema-momentum", "0.995", "--precision", "mixed_bfloat16"],
                          "cosine, batch 512, Adam 2.26e-3, mixed_bfloat16"),
     "cosine_seed1": (["--lr-schedule", "cosine", *EMA, "--seed", "1"], "cosine, batch 100, float32, seed 1"),
+    "constant_bf16": (["--lr-schedule", "constant", *EMA, "--precision", "mixed_bfloat16"],
+                      "Adam 1e-3 constant, batch 100, mixed_bfloat16"),
 }
 CALIBRATION_FRACTION = 5  # the calibration run sees 1/5 of the 50 000 training and 10 000 validation examples
 
@@ -149,25 +151,39 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
-    rows, reference = [], {}  # reference: per study, the paper recipe's per-example bounds
     for study in args.studies:
         for recipe in args.recipes:
             per_epoch = calibrate(args.output_dir, study, recipe)
-            epochs = max(1, round(args.budget_minutes * 60 / per_epoch))
-            folder = train(args.output_dir, study, recipe, epochs)
+            folder = train(args.output_dir, study, recipe, max(1, round(args.budget_minutes * 60 / per_epoch)))
+            evaluate(folder, "raw", args), evaluate(folder, "last", args)
+            write_report(args.output_dir, finished_rows(args.output_dir, args), args)
+    return 0
+
+
+def finished_rows(output_dir: str, args) -> list[dict]:
+    """A row for every recipe of every study whose run and evaluations are in output_dir, in RECIPES' order,
+    whichever command trained it (so that recipes run by several commands share one report)."""
+    rows = []
+    for study in STUDIES:
+        paper = None  # the paper recipe's per-example bounds, when it has run
+        for recipe in RECIPES:
+            folder = os.path.join(output_dir, study, recipe)
+            results = [os.path.join(folder, f"validation_{w}.json") for w in ("raw", "last")]
+            if not all(os.path.isfile(r) for r in results):
+                continue
+            raw, average = (json.load(open(r)) for r in results)
+            if recipe == "constant":
+                paper = raw["per_example_nats"]["estimate"]
             log = _log(folder)
             cpu = [sum(row["epoch_cpu_seconds"] for row in log[:i + 1]) / 60 for i in range(len(log))]
-            raw, average = evaluate(folder, "raw", args), evaluate(folder, "last", args)
-            paper = reference.setdefault(study, raw["per_example_nats"]["estimate"] if recipe == "constant" else None)
-            rows.append({"study": study, "recipe": recipe, "description": RECIPES[recipe][1], "epochs": epochs,
-                         "calibrated_cpu_seconds_per_epoch": per_epoch, "cpu_minutes": cpu[-1],
-                         "wall_minutes": sum(row["epoch_seconds"] for row in log) / 60,
+            rows.append({"study": study, "recipe": recipe, "description": RECIPES[recipe][1], "epochs": len(log),
+                         "calibrated_cpu_seconds_per_epoch": calibrate(output_dir, study, recipe),
+                         "cpu_minutes": cpu[-1], "wall_minutes": sum(row["epoch_seconds"] for row in log) / 60,
                          "raw": raw["mean_nats"], "raw_se": raw["standard_error_nats"],
                          "average": average["mean_nats"], "average_se": average["standard_error_nats"],
                          **_paired_gain(paper, raw, "raw"), **_paired_gain(paper, average, "average"),
                          "curve_cpu_minutes": cpu, "curve_validation": [row["val_lower_bound"] for row in log]})
-            write_report(args.output_dir, rows, args)
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
