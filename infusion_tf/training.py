@@ -224,7 +224,10 @@ def describe_run(config, splits: data_lib.Splits, model, output_dir: str, progre
     what = model.describe() if callable(getattr(model, "describe", None)) else f"{config.model} model"
     optimization = ", ".join(part for part in (
         f"{config.objective} objective" if hasattr(config, "objective") else "", f"batch {config.batch_size}",
-        f"Adam {config.learning_rate:g}", getattr(config, "precision", "")) if part)
+        f"Adam {config.learning_rate:g}" + (f" with {config.lr_schedule} decay" if getattr(
+            config, "lr_schedule", "constant") != "constant" else ""),
+        f"average of the weights {config.ema_momentum:g}" if getattr(config, "ema_momentum", 0.0) else "",
+        getattr(config, "precision", "")) if part)
     return [
         f"data:      {config.dataset}, {len(splits.train)} train / {len(splits.validation)} validation / "
         f"{len(splits.test)} test examples of shape {shape}",

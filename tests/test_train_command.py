@@ -464,3 +464,21 @@ def test_epoch_clock_times_each_epoch_and_keeps_an_old_log_aligned(tmp_path):
     new = tmp_path / "new.csv"
     new.write_text("epoch,epoch_cpu_seconds,epoch_seconds,loss\n0,1.0,1.0,2.0\n")
     assert EpochClock(str(new)).enabled
+
+
+def test_the_header_names_the_recipe():
+    """The training line of the header says the decay and the average of the weights when the recipe has them."""
+    import dataclasses as dc
+    import types
+
+    from infusion_tf.config import PRESETS
+    from infusion_tf.run_folder import Progress
+    from infusion_tf.training import describe_run
+
+    splits = types.SimpleNamespace(train=np.zeros(1000), validation=np.zeros(10), test=np.zeros(10))
+    model = types.SimpleNamespace(describe=lambda: "a model", count_params=lambda: 7)
+    paper = describe_run(PRESETS["mnist"], splits, model, "out", Progress())[2]
+    assert "batch 100, Adam 0.001, float32;" in paper and "decay" not in paper and "average" not in paper
+    tuned = dc.replace(PRESETS["mnist"], lr_schedule="cosine", ema_momentum=0.999, precision="mixed_bfloat16")
+    line = describe_run(tuned, splits, model, "out", Progress())[2]
+    assert "Adam 0.001 with cosine decay, average of the weights 0.999, mixed_bfloat16;" in line
