@@ -38,20 +38,22 @@ STUDIES = {  # name: (flags, description)
     "T5": (["--num-steps", "5", "--omega", "0.1"], "T = 5, omega = 0.1, from scratch"),
 }
 EMA = ["--ema-momentum", "0.999"]
+FP32 = ["--precision", "float32"]
 # name: (flags, description). Batch 512 scales the learning rate by sqrt(5.12) and the average's momentum so that
 # it spans the same number of examples (0.999 ** 5.12 = 0.995).
 RECIPES = {
-    "constant": (["--lr-schedule", "constant", *EMA], "Adam 1e-3 constant, batch 100, float32"),
-    "cosine": (["--lr-schedule", "cosine", *EMA], "cosine decay to 0 at the budget's end, batch 100, float32"),
+    "constant": (["--lr-schedule", "constant", *EMA, *FP32], "Adam 1e-3 constant, batch 100, float32"),
+    "cosine": (["--lr-schedule", "cosine", *EMA, *FP32], "cosine decay to 0 at the budget's end, batch 100, float32"),
     "cosine_bf16": (["--lr-schedule", "cosine", *EMA, "--precision", "mixed_bfloat16"],
                     "cosine, batch 100, mixed_bfloat16"),
     "cosine_b512_bf16": (["--lr-schedule", "cosine", "--batch-size", "512", "--learning-rate", "0.00226",
                           "--ema-momentum", "0.995", "--precision", "mixed_bfloat16"],
                          "cosine, batch 512, Adam 2.26e-3, mixed_bfloat16"),
-    "cosine_seed1": (["--lr-schedule", "cosine", *EMA, "--seed", "1"], "cosine, batch 100, float32, seed 1"),
+    "cosine_seed1": (["--lr-schedule", "cosine", *EMA, *FP32, "--seed", "1"], "cosine, batch 100, float32, seed 1"),
     "constant_bf16": (["--lr-schedule", "constant", *EMA, "--precision", "mixed_bfloat16"],
                       "Adam 1e-3 constant, batch 100, mixed_bfloat16"),
 }
+START = ["--overwrite", "--recipe", "paper"]  # a new run starts from the paper's recipe, which the flags change
 CALIBRATION_FRACTION = 5  # the calibration run sees 1/5 of the 50 000 training and 10 000 validation examples
 
 
@@ -67,7 +69,7 @@ def calibrate(output_dir: str, study: str, recipe: str) -> float:
         flags = [*STUDIES[study][0], *RECIPES[recipe][0], "--train-examples", str(50_000 // CALIBRATION_FRACTION),
                  "--validation-examples", str(10_000 // CALIBRATION_FRACTION), "--epochs", "2",
                  "--sample-every", "1000", "--output-dir", folder, "--verbose", "2"]
-        run_command(["train/run.py", *flags, *(["--resume"] if trained_epochs(folder) else ["--overwrite"])])
+        run_command(["train/run.py", *flags, *(["--resume"] if trained_epochs(folder) else START)])
     return _log(folder)[1]["epoch_cpu_seconds"] * CALIBRATION_FRACTION
 
 
@@ -77,7 +79,7 @@ def train(output_dir: str, study: str, recipe: str, epochs: int) -> str:
     if done < epochs:
         flags = [*STUDIES[study][0], *RECIPES[recipe][0], "--epochs", str(epochs), "--sample-every", "1000",
                  "--output-dir", folder, "--verbose", "2"]
-        run_command(["train/run.py", *flags, *(["--resume"] if done else ["--overwrite"])])
+        run_command(["train/run.py", *flags, *(["--resume"] if done else START)])
     return folder
 
 
