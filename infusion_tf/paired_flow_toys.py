@@ -3,8 +3,8 @@
     python -m infusion_tf.paired_flow_toys --output-dir runs/langevin/paired_flow --density kidney
 
 trains one `paired_flow.PairedFlowSampler` per lambda0 in {0, --lambda0} (no annealing, and linear annealing of
-lambda to 0 at 0.9 of the steps; --anneal entropy: beta_ent = 1 / (1 + lambda), likelihood: beta_lik = 1 + lambda, App. B;
---plain 0 trains the annealed sampler only), then scores n samples of the flow nu (exact density) and
+lambda to 0 at 0.9 of the steps; --anneal entropy: beta_ent = 1 / (1 + lambda), likelihood: beta_lik = 1 + lambda,
+App. B; --plain 0 trains the annealed sampler only), then scores n samples of the flow nu (exact density) and
 of the generator G (nu standing in for its density): reverse KL with the exact normalizer, the importance-sampling
 estimate of log Z, the effective sample size, and the energy distance to exact samples beside that of a second exact
 set. Writes results.json (with command, commit, CPU and wall/CPU time), samples.npz and paired_flow_<density>.png.
