@@ -41,7 +41,8 @@ __all__ = ["RunPaths", "Progress", "RESUMABLE_FIELDS", "DATA_SOURCE_FILENAME", "
            "load_training_data", "save_checkpoint", "read_progress", "commit_epoch", "resume_model",
            "repair_run_folder"]
 
-RESUMABLE_FIELDS = ("epochs", "patience", "snapshot_every")  # what --resume may change; every other setting is the run's own
+# What --resume may change; every other setting is the run's own.
+RESUMABLE_FIELDS = ("epochs", "patience", "snapshot_every")
 _PROGRESS_ENTRY = "infusion_progress.json"  # the Progress, stored inside last.keras beside the weights
 DATA_SOURCE_FILENAME = "data_source.json"  # data.data_source of the run's data, written when the folder is created
 
@@ -98,8 +99,9 @@ def _differences(saved: InfusionConfig, config: InfusionConfig) -> list[str]:
 def _check_resumable(output_dir: str, saved: InfusionConfig, config: InfusionConfig) -> None:
     changed = _differences(saved, config)
     if changed:
-        raise ValueError(f"--resume continues {output_dir!r} with its saved config.json; only "
-                         f"{', '.join('--' + f for f in RESUMABLE_FIELDS)} may change, but these differ: {changed}")
+        flags = ", ".join("--" + f.replace("_", "-") for f in RESUMABLE_FIELDS)
+        raise ValueError(f"--resume continues {output_dir!r} with its saved config.json; only {flags} may change, "
+                         f"but these differ: {changed}")
 
 
 def resume_config(output_dir: str, changes: dict | None = None) -> InfusionConfig:

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from infusion_tf.config import CONFIG_FILENAME, PRESETS, InfusionConfig, load_config, preset, save_config
+from infusion_tf.config import (CONFIG_FILENAME, PRESETS, STUDY_RECIPE, InfusionConfig, load_config, preset,
+                                save_config, with_recipe)
 
 
 def test_defaults_are_the_papers():
@@ -36,7 +37,8 @@ def test_frozen():
 def test_cifar10_preset():
     config = PRESETS["cifar10"]
     assert (config.operator, config.example_shape, config.num_steps, config.omega) == ("conv", (32, 32, 3), 20, 0.02)
-    assert preset("mnist") == InfusionConfig()
+    assert preset("mnist") == InfusionConfig(**STUDY_RECIPE)  # the paper's model with the recipe study's optimization
+    assert with_recipe(preset("mnist"), "paper") == InfusionConfig()  # the paper's everything
     other = preset("svhn")  # any other TFDS image dataset starts from the cifar10 preset
     assert other == dataclasses.replace(PRESETS["cifar10"], dataset="svhn")
 

@@ -43,6 +43,14 @@ SMALL = {"train_examples": 500, "validation_examples": 200, "batch_size": 50, "w
          "num_steps": 3, "sampling_steps": 4, "sample_every": 1}
 SMALL_FLAGS = [arg for name, value in SMALL.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
 STEPS_PER_EPOCH = SMALL["train_examples"] // SMALL["batch_size"]  # 10
+
+
+def cli_config(**changes) -> InfusionConfig:
+    """The config `train/run.py SMALL_FLAGS` trains: the mnist preset (the recipe study's average of the weights,
+    precision auto resolved for this machine) with SMALL and `changes`."""
+    from infusion_tf.precision import resolve_precision
+
+    return dataclasses.replace(config_lib.PRESETS["mnist"], precision=resolve_precision("auto")[0], **SMALL, **changes)
 EPOCHS = 6
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
@@ -103,12 +111,12 @@ def committed_epoch(run: pathlib.Path, epochs: int = EPOCHS) -> int:
     same epoch in its Progress; config.json must be the run's (or absent if the run never got that far).
     """
     if (run / "config.json").exists():
-        assert config_lib.load_config(str(run)) == InfusionConfig(**SMALL, epochs=epochs)
+        assert config_lib.load_config(str(run)) == cli_config(epochs=epochs)
     last = run / "checkpoints" / "last.keras"
     if not last.exists():
         return 0
     model = keras.models.load_model(last)
-    assert model.config == InfusionConfig(**SMALL, epochs=epochs)
+    assert model.config == cli_config(epochs=epochs)
     epoch, partial = divmod(int(model.optimizer.iterations.numpy()), STEPS_PER_EPOCH)
     assert partial == 0 and epoch >= 1
     assert run_folder.read_progress(str(last)).epoch == epoch
@@ -472,7 +480,7 @@ def test_a_folder_that_holds_another_run_is_refused_without_resume_or_overwrite(
     status, stderr = call_train_main([*SMALL_FLAGS, "--epochs", 1, "--width", 32, "--output-dir", run])
     assert_one_error_line(status, stderr, "already holds files", "--resume", "--overwrite")
     status, stderr = call_train_main(["--resume", "--width", 32, "--output-dir", run])  # another config
-    assert_one_error_line(status, stderr, "only --epochs, --patience may change", "width")
+    assert_one_error_line(status, stderr, "only --epochs, --patience, --snapshot-every may change", "width")
     assert snapshot(run) == before
 
 

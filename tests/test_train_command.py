@@ -133,8 +133,10 @@ def mnist_run(tmp_path_factory) -> pathlib.Path:
 def test_config_json_round_trips_with_flags_applied(mnist_run):
     from infusion_tf.config import PRESETS, load_config
 
-    config = load_config(str(mnist_run))
-    assert config == dataclasses.replace(PRESETS["mnist"], epochs=2, **TINY)
+    from infusion_tf.precision import resolve_precision
+
+    config = load_config(str(mnist_run))  # the preset's precision "auto" is resolved for this machine
+    assert config == dataclasses.replace(PRESETS["mnist"], epochs=2, precision=resolve_precision("auto")[0], **TINY)
     with open(mnist_run / "config.json") as f:
         assert json.load(f) == config.to_dict()
 
@@ -471,13 +473,13 @@ def test_the_header_names_the_recipe():
     import dataclasses as dc
     import types
 
-    from infusion_tf.config import PRESETS
+    from infusion_tf.config import PRESETS, InfusionConfig
     from infusion_tf.run_folder import Progress
     from infusion_tf.training import describe_run
 
     splits = types.SimpleNamespace(train=np.zeros(1000), validation=np.zeros(10), test=np.zeros(10))
     model = types.SimpleNamespace(describe=lambda: "a model", count_params=lambda: 7)
-    paper = describe_run(PRESETS["mnist"], splits, model, "out", Progress())[2]
+    paper = describe_run(InfusionConfig(), splits, model, "out", Progress())[2]
     assert "batch 100, Adam 0.001, float32;" in paper and "decay" not in paper and "average" not in paper
     tuned = dc.replace(PRESETS["mnist"], lr_schedule="cosine", ema_momentum=0.999, precision="mixed_bfloat16")
     line = describe_run(tuned, splits, model, "out", Progress())[2]
