@@ -31,7 +31,8 @@ import pytest
 from infusion_tf import distribute
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--width", "32", "--depth", "1", "--num-steps", "3", "--sampling-steps", "4", "--batch-size", "50",
+# The paper's recipe, as REFERENCE's InfusionConfig (the mnist preset adds the recipe study's average and precision).
+TINY = ["--recipe", "paper", "--width", "32", "--depth", "1", "--num-steps", "3", "--sampling-steps", "4", "--batch-size", "50",
         "--train-examples", "100", "--validation-examples", "50", "--epochs", "2", "--sample-every", "100"]
 TIMEOUT = 240  # seconds any one process may take (a loaded 2-core machine); it is killed after that
 RTOL, ATOL = 1e-4, 1e-4
@@ -65,12 +66,13 @@ def free_ports(count: int) -> list[int]:
 def start_workers(output: pathlib.Path, *flags: str) -> list[subprocess.Popen]:
     """Two `python train/run.py --strategy multi_worker` processes, worker 0 (the chief) and worker 1."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    settings = TINY[2:] if "--resume" in flags else TINY  # a resumed run keeps its recipe (--recipe is refused)
     processes = []
     for index in range(2):
         env = {**os.environ, **ONE_THREAD,
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         processes.append(subprocess.Popen(
-            [sys.executable, "train/run.py", *TINY, "--strategy", "multi_worker", "--output-dir", str(output),
+            [sys.executable, "train/run.py", *settings, "--strategy", "multi_worker", "--output-dir", str(output),
              "--verbose", "2", *flags],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return processes
