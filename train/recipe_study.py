@@ -157,7 +157,8 @@ def main(argv=None) -> int:
         for recipe in args.recipes:
             per_epoch = calibrate(args.output_dir, study, recipe)
             folder = train(args.output_dir, study, recipe, max(1, round(args.budget_minutes * 60 / per_epoch)))
-            evaluate(folder, "raw", args), evaluate(folder, "last", args)
+            for weights in ("raw", "last"):
+                evaluate(folder, weights, args)
             write_report(args.output_dir, finished_rows(args.output_dir, args), args)
     return 0
 
@@ -173,7 +174,7 @@ def finished_rows(output_dir: str, args) -> list[dict]:
             results = [os.path.join(folder, f"validation_{w}.json") for w in ("raw", "last")]
             if not all(os.path.isfile(r) for r in results):
                 continue
-            raw, average = (json.load(open(r)) for r in results)
+            raw, average = evaluate(folder, "raw", args), evaluate(folder, "last", args)  # read, not rerun
             if recipe == "constant":
                 paper = raw["per_example_nats"]["estimate"]
             log = _log(folder)
