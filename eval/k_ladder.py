@@ -37,6 +37,7 @@ class LadderSettings:
     split: str = "test"  # test | validation | train
     examples_per_call: int = 8  # examples scored per call of log_weights (all k proposals of each at once)
     batch_norm: str = "recompute"  # recompute over the training set (the paper; cached as eval/run.py does) | moving
+    precision: str = "float32"  # float32 | mixed_bfloat16 (bfloat16 matrix products, float32 densities) | auto
     model_settings: tuple[str, ...] = ()  # NAME=VALUE: evaluation-only config fields, as eval/run.py's --model-setting
     output: str = ""  # results file; empty: <checkpoint>/results_k_ladder.json
 
@@ -55,6 +56,9 @@ class LadderSettings:
             raise ValueError(f"ladder must be comma-separated integers in [1, k = {self.k}], got {self.ladder!r}")
         object.__setattr__(self, "model_settings", tuple(self.model_settings))
         check_seed(self.seed)
+        from infusion_tf.precision import resolve_precision
+
+        resolve_precision(self.precision)  # a clear error for an unknown precision before any work
 
     @property
     def rungs(self) -> list[int]:
@@ -70,10 +74,13 @@ def run(settings: LadderSettings) -> dict:
     from infusion_tf.evaluate import use_recomputed_batch_norm
     from infusion_tf.run_folder import load_run_data, training_splits
 
+    from infusion_tf.precision import resolve_precision
+
     started, cpu_started = time.time(), time.process_time()
+    precision, precision_why = resolve_precision(settings.precision)
     output = settings.output or os.path.join(settings.checkpoint, "results_k_ladder.json")
     check_output_folder(os.path.dirname(os.path.abspath(output)))
-    model = load_checkpoint(settings.checkpoint, model_settings=settings.model_settings)
+    model = load_checkpoint(settings.checkpoint, precision=precision, model_settings=settings.model_settings)
     protocol.require(model, "likelihood", "the k ladder")
     splits, source = load_run_data(model.config, settings.checkpoint)
     batch_norm = {"mode": "none (the model has no batch normalization)"}
@@ -82,7 +89,7 @@ def run(settings: LadderSettings) -> dict:
         if settings.batch_norm == "recompute":
             batch_norm.update(use_recomputed_batch_norm(
                 model, find_weights(settings.checkpoint), training_splits(model.config, splits).train,
-                seed=settings.seed, data_fingerprint=source["fingerprint"]))
+                seed=settings.seed, precision=precision, data_fingerprint=source["fingerprint"]))
     x = data.eval_points(getattr(splits, settings.split)[:settings.num_examples], seed=settings.seed,
                          dequantize=model.config.dequantize)
     partial = output + ".partial.npz"
@@ -103,6 +110,7 @@ def run(settings: LadderSettings) -> dict:
     draws = k_ladder.log_weight_matrix(scorer, x, settings.k, settings.seed, settings.examples_per_call, done, save)
     result = {"rungs": k_ladder.ladder(draws.log_weights, settings.rungs), "per_step": k_ladder.step_terms(draws),
               "batch_norm": batch_norm, "settings": dataclasses.asdict(settings),
+              "precision": {"used": precision, "why": precision_why},
               "config": model.config.to_dict(), "data_source": {**source, "data_dir":
                                                                 provenance.portable_path(source["data_dir"])},
               "weights_sha256": provenance.file_sha256(find_weights(settings.checkpoint)),

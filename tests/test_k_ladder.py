@@ -92,3 +92,6 @@ def test_the_command_recomputes_batch_statistics_and_reports_the_step_terms(tmp_
     assert one["importance_sampling_nats"] == pytest.approx(one["lower_bound_nats"], rel=1e-9)
     assert thirty["importance_sampling_nats"] > thirty["lower_bound_nats"] and thirty["log_weight_std_mean"] > 0
     assert "per-step terms of log w" in result.stdout
+    assert report["precision"]["used"] == "float32"
+    bad = run_command("eval/k_ladder.py", "--checkpoint", run, "--precision", "float16", "--output", tmp_path / "b.json")
+    assert bad.returncode == 2 and "precision must be one of" in bad.stderr and not (tmp_path / "b.json").exists()
