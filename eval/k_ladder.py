@@ -5,7 +5,8 @@ Any model with the `likelihood` capability. The evaluated points are those of `e
 (the split's first --num-examples, dequantized as the run trained, noise fixed by the seed); the log-weights come
 from the model's `log_weights` through the shared scorer (infusion_tf/k_ladder.py says how each rung reads them).
 Results go to <checkpoint>/results_k_ladder.json (or --output); the scored rows are kept in <output>.partial.npz
-while it runs, and a rerun with the same settings continues from them.
+while it runs (every two minutes, with the ladder over the examples scored so far in <output>.so_far.json), and a
+rerun with the same settings continues from them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from infusion_tf.console import (BAD_INPUT, OneLineErrorParser, check_output_fol
                                  quiet_tensorflow_logs)
 
 __all__ = ["LadderSettings", "run", "main"]
+
+SAVE_SECONDS = 120.0  # how often an interrupted ladder's scored rows are kept (and the ladder so far written)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +105,21 @@ def run(settings: LadderSettings) -> dict:
                 done = k_ladder.Draws(saved["log_weights"], saved["step_means"], saved["step_variances"])
                 print(f"continuing from {len(done)} scored examples in {partial}")
 
+    so_far = os.path.splitext(output)[0] + ".so_far.json"
+    last_save = [time.time()]
+
     def save(draws):
+        """Keeps the scored rows at most every SAVE_SECONDS (a row of k = 20 000 is 160 kB; rewriting them after
+        every example would write gigabytes), with the ladder over the examples scored so far."""
+        if time.time() - last_save[0] < SAVE_SECONDS and len(draws) < len(x):
+            return
+        last_save[0] = time.time()
         files.atomic_write(partial, lambda tmp: np.savez(tmp, key=key, **dataclasses.asdict(draws)))
-        print(f"{len(draws)}/{len(x)} examples, {time.time() - started:.0f} s", flush=True)
+        files.write_json(so_far, {"complete": False, "examples_scored": len(draws), "of": len(x),
+                                  "rungs": k_ladder.ladder(draws.log_weights, settings.rungs),
+                                  "per_step": k_ladder.step_terms(draws), "settings": dataclasses.asdict(settings)})
+        print(f"{len(draws)}/{len(x)} examples, {time.time() - started:.0f} s (the ladder so far: {so_far})",
+              flush=True)
 
     scorer = estimators.LogWeightScorer.from_model(model)
     draws = k_ladder.log_weight_matrix(scorer, x, settings.k, settings.seed, settings.examples_per_call, done, save)
@@ -118,7 +133,9 @@ def run(settings: LadderSettings) -> dict:
               "cpu_seconds_this_process": time.process_time() - cpu_started,
               "resumed_from_examples": 0 if done is None else int(len(done)), "environment": provenance.environment()}
     files.write_json(output, result)
-    os.remove(partial)
+    for path in (partial, so_far):
+        if os.path.isfile(path):
+            os.remove(path)
     return {**result, "output": output}
 
 

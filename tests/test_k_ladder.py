@@ -95,3 +95,47 @@ def test_the_command_recomputes_batch_statistics_and_reports_the_step_terms(tmp_
     assert report["precision"]["used"] == "float32"
     bad = run_command("eval/k_ladder.py", "--checkpoint", run, "--precision", "float16", "--output", tmp_path / "b.json")
     assert bad.returncode == 2 and "precision must be one of" in bad.stderr and not (tmp_path / "b.json").exists()
+
+
+def test_an_interrupted_ladder_reports_so_far_and_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """eval/k_ladder.py stopped after its first chunk: <output>.so_far.json holds the ladder over the scored examples;
+    a rerun continues from the kept rows and gives the same rungs as a run that was never stopped."""
+    import importlib.util
+    import json
+    import pathlib
+    import sys
+
+    from infusion_tf import InfusionConfig, training
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "eval" / "k_ladder.py"
+    spec = importlib.util.spec_from_file_location("eval_k_ladder", path)
+    command = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = command  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(command)
+    run = tmp_path / "run"
+    training.train(InfusionConfig(width=32, depth=1, num_steps=2, sampling_steps=3, batch_size=50, train_examples=200,
+                                  validation_examples=100, epochs=1), str(run), verbose=0, export=False)
+    flags = ["--checkpoint", str(run), "--num-examples", "6", "--k", "20", "--ladder", "1,20", "--examples-per-call",
+             "2", "--batch-norm", "moving"]
+    assert command.main([*flags, "--output", str(tmp_path / "whole.json")]) == 0
+    monkeypatch.setattr(command, "SAVE_SECONDS", 0.0)
+    original = k_ladder.log_weight_matrix
+
+    def stopped_after_one_chunk(scorer, x, k, seed, examples_per_call=8, done=None, on_chunk=None):
+        def chunk(draws):
+            on_chunk(draws)
+            raise KeyboardInterrupt
+
+        return original(scorer, x, k, seed, examples_per_call, done, chunk)
+
+    monkeypatch.setattr(k_ladder, "log_weight_matrix", stopped_after_one_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        command.main([*flags, "--output", str(tmp_path / "cut.json")])
+    so_far = json.loads((tmp_path / "cut.so_far.json").read_text())
+    assert (so_far["complete"], so_far["examples_scored"], so_far["of"]) == (False, 2, 6)
+    assert so_far["rungs"][0]["num_examples"] == 2 and not (tmp_path / "cut.json").exists()
+    monkeypatch.setattr(k_ladder, "log_weight_matrix", original)
+    assert command.main([*flags, "--output", str(tmp_path / "cut.json")]) == 0
+    cut, whole = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("cut", "whole"))
+    assert cut["resumed_from_examples"] == 2 and cut["rungs"] == whole["rungs"]
+    assert not (tmp_path / "cut.so_far.json").exists() and not (tmp_path / "cut.json.partial.npz").exists()
