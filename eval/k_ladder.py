@@ -146,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         result = run(settings)
     except BAD_INPUT as e:
         return print_error(e)
-    print(f"{'k':>6} {'IS (nats)':>12} {'+- se':>7} {'bound':>10} {'ESS mean':>9} {'median':>7} {'std log w':>9}")
+    print(f"{'k':>6} {'IS (nats)':>12} {'+- se':>7} {'bound':>10} {'ESS mean':>9} {'median':>7} {'std log w':>9} "
+          f"{'max log w':>10} {'median':>8}")
     for r in result["rungs"]:
         print(f"{r['k']:>6} {r['importance_sampling_nats']:>12.2f} {r['importance_sampling_standard_error']:>7.2f} "
               f"{r['lower_bound_nats']:>10.2f} {r['ess_mean']:>9.2f} {r['ess_median']:>7.2f} "
-              f"{r['log_weight_std_mean']:>9.2f}")
+              f"{r['log_weight_std_mean']:>9.2f} {r['max_log_weight_nats']:>10.2f} {r['median_log_weight_nats']:>8.2f}")
     print("per-step terms of log w: " + ", ".join(f"{t['mean_nats']:.1f} (std {t['std_over_proposals']:.1f})"
                                                   for t in result["per_step"]))
     print(f"written to {result['output']} ({result['wall_seconds_this_process']:.0f} s wall, "

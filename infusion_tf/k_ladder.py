@@ -84,8 +84,12 @@ def _logsumexp(values: np.ndarray) -> np.ndarray:
 
 def ladder(log_weights: np.ndarray, ks) -> list[dict]:
     """One dict per k of `ks` (each <= log_weights.shape[1]) from the first k log-weights of each example:
-    importance sampling and lower bound (mean over examples, nats, with the standard error over examples) and the
-    effective sample size of the k weights (mean, median, minimum over examples)."""
+    importance sampling and lower bound (mean over examples, nats, with the standard error over examples), the
+    effective sample size of the k weights (mean, median, minimum over examples), and the mean over examples of the
+    largest and of the median of the k log-weights. These split the gap between the two estimates:
+    IS - bound = (max - median) + (median - mean) - (log k - log sum_j exp(l_j - max)); the first term is how far
+    the best proposal is above a typical one, the second how far a long lower tail pulls the mean below a typical
+    one, and the last is log k less the log of about the ESS."""
     log_weights = np.asarray(log_weights, np.float64)
     n, available = log_weights.shape
     rungs = []
@@ -98,7 +102,11 @@ def ladder(log_weights: np.ndarray, ks) -> list[dict]:
         ess = np.exp(2.0 * _logsumexp(l) - _logsumexp(2.0 * l))  # [n], in [1, k]
         spread = l.std(axis=1, ddof=1) if k > 1 else np.zeros(n)  # [n]: the log-weights' spread
         se = (lambda v: float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"))
+        best, median = l.max(axis=1), np.median(l, axis=1)  # [n]
         rungs.append({"k": int(k), "importance_sampling_nats": float(estimate.mean()),
+                      # the gap decomposed: IS - bound = (max - median) + (median - mean) - (log k - log sum_j
+                      # exp(l_j - max)); with ESS ~ 1 the last sum is ~1 and IS ~ the best of the k log-weights - log k
+                      "max_log_weight_nats": float(best.mean()), "median_log_weight_nats": float(median.mean()),
                       "importance_sampling_standard_error": se(estimate), "lower_bound_nats": float(bound.mean()),
                       "lower_bound_standard_error": se(bound), "ess_mean": float(ess.mean()),
                       "ess_median": float(np.median(ess)), "ess_min": float(ess.min()), "log_weight_std_mean": float(spread.mean()),

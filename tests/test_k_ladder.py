@@ -26,6 +26,12 @@ def test_rungs_equal_scipy_on_the_prefixes():
         assert rung["importance_sampling_standard_error"] == pytest.approx(stats.sem(estimate), rel=1e-9)
         assert rung["lower_bound_nats"] == pytest.approx(l[:, :k].mean(), rel=1e-12)
         assert rung["ess_mean"] == pytest.approx(ess.mean(), rel=1e-9) and rung["ess_min"] >= 1 - 1e-12
+        best, median = l[:, :k].max(1), np.median(l[:, :k], 1)
+        assert rung["max_log_weight_nats"] == pytest.approx(best.mean(), rel=1e-12)
+        assert rung["median_log_weight_nats"] == pytest.approx(median.mean(), rel=1e-12)
+        rest = special.logsumexp(l[:, :k] - best[:, None], axis=1)  # the decomposition of the gap, per example
+        gap = (best - median) + (median - l[:, :k].mean(1)) - (math.log(k) - rest)
+        assert rung["importance_sampling_nats"] - rung["lower_bound_nats"] == pytest.approx(gap.mean(), rel=1e-9)
     assert rungs[0]["ess_mean"] == pytest.approx(1.0) and rungs[0]["importance_sampling_nats"] == rungs[0][
         "lower_bound_nats"]
     assert k_ladder.ladder(np.zeros((3, 10)), [10])[0]["ess_min"] == pytest.approx(10.0)  # equal weights: ESS = k
