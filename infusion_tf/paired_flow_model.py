@@ -33,6 +33,7 @@ from infusion_tf import annealing, maf, paired_flow
 from infusion_tf.config import ModelConfig, check_seed
 from infusion_tf.protocol import LogWeights
 from infusion_tf.registry import register_model, register_model_config
+from infusion_tf.toy_densities import toy_affine  # re-exported: the affine map of the toy data, shared with dae_langevin
 
 __all__ = ["NAME", "TARGETS", "SAMPLERS", "PairedFlowConfig", "PairedFlowModel", "beta_values", "toy_affine"]
 
@@ -115,16 +116,6 @@ def beta_values(config: PairedFlowConfig) -> np.ndarray:
     settings = {"linear": {"t_max": 0.9 * steps}, "exponential": {"tau": 5.0 / steps}, "sinusoidal": {"cycles": 5.0}}
     lambdas = annealing.lambda_schedule(config.schedule, steps, config.lambda0, **settings[config.schedule])
     return annealing.annealed_beta(config.anneal, lambdas).astype(np.float32)
-
-
-def toy_affine(dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    """(offset, scale), float64 [2] each: raw = offset + scale * x maps the toolkit's [0, 1]^2 points of `dataset`
-    to the density's own coordinates (data.toy_to_raw, an affine map); a density in [0, 1]^2 is the raw one times
-    prod(scale)."""
-    from infusion_tf.data import toy_to_raw
-
-    offset = toy_to_raw(dataset, np.zeros(2))
-    return offset, toy_to_raw(dataset, np.ones(2)) - offset
 
 
 @register_model(NAME)

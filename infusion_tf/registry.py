@@ -77,14 +77,16 @@ MODELS = Registry("model", {"infusion": "infusion_tf.model",
                               "dvae_rbm": "infusion_tf.dvae_rbm",
                               "short_run_ot": "infusion_tf.short_run",
                               "gaussian_vae": "infusion_tf.gaussian_vae",
-                              "paired_flow": "infusion_tf.paired_flow_model"})
+                              "paired_flow": "infusion_tf.paired_flow_model",
+                              "dae_langevin": "infusion_tf.dae_langevin_model"})
 MODEL_CONFIGS = Registry("model", {"infusion": "infusion_tf.config",  # name -> its config class
                                     "annealed_gan": "infusion_tf.annealed_gan_model",
                                     "dvae": "infusion_tf.dvae",
                                     "dvae_rbm": "infusion_tf.dvae_rbm",
                                     "short_run_ot": "infusion_tf.short_run",
                                     "gaussian_vae": "infusion_tf.gaussian_vae",
-                                    "paired_flow": "infusion_tf.paired_flow_model"})
+                                    "paired_flow": "infusion_tf.paired_flow_model",
+                                    "dae_langevin": "infusion_tf.dae_langevin_model"})
 OPERATORS = Registry("operator", {"mlp": "infusion_tf.networks", "conv": "infusion_tf.networks"})
 OBJECTIVES = Registry("objective", {"denoising": "infusion_tf.model", "lower_bound": "infusion_tf.model"})
 ESTIMATORS = Registry("estimator", {name: "infusion_tf.evaluate" for name in (

@@ -111,34 +111,37 @@ def dae_residual_score(phi: Callable, x: tf.Tensor) -> tf.Tensor:
     return -tape.gradient(residual, x)
 
 
-def langevin_sample(score_fn: ScoreFn, x0, step_size: float, num_steps: int, seed: int = 0) -> tf.Tensor:
+def langevin_sample(score_fn: ScoreFn, x0, step_size: float, num_steps, seed=0) -> tf.Tensor:
     """Unadjusted Langevin: x_{k+1} = x_k + (eps / 2) score(x_k) + sqrt(eps) z_k, for k < num_steps.
 
-    x0: float [n, d] starting points. step_size: eps > 0. seed: int; step k draws its noise with seed (seed, k).
+    x0: float [n, d] starting points. step_size: eps > 0. num_steps: an int or an int32 scalar tensor (traced
+    sampling, e.g. a SavedModel signature). seed: an int or an int32 scalar tensor; step k draws its noise with the
+    stateless seed (seed, k).
     Returns: float32 [n, d], the points after num_steps steps.
-    Raises: ValueError if step_size <= 0 or num_steps < 0.
+    Raises: ValueError if step_size <= 0, or if a Python num_steps is not an integer >= 0.
     """
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
-    if int(num_steps) != num_steps or num_steps < 0:
+    if not tf.is_tensor(num_steps) and (int(num_steps) != num_steps or num_steps < 0):
         raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
     eps = tf.constant(step_size, tf.float32)
 
     @tf.function
-    def run(x):
+    def run(x, num_steps, seed):
         def body(k, x):
-            noise = tf.random.stateless_normal(tf.shape(x), tf.stack([tf.constant(seed, tf.int32), k]))
+            noise = tf.random.stateless_normal(tf.shape(x), tf.stack([seed, k]))
             return k + 1, x + 0.5 * eps * score_fn(x) + tf.sqrt(eps) * noise
 
         return tf.while_loop(lambda k, x: k < num_steps, body, (tf.constant(0, tf.int32), x))[1]
 
-    return run(tf.convert_to_tensor(x0, tf.float32))
+    return run(tf.convert_to_tensor(x0, tf.float32), tf.cast(num_steps, tf.int32), tf.cast(seed, tf.int32))
 
 
 def annealed_langevin_sample(score_fns: Sequence[ScoreFn], sigmas: Sequence[float], x0, step_size: float,
-                             steps_per_level: int, seed: int = 0) -> tf.Tensor:
+                             steps_per_level, seed=0) -> tf.Tensor:
     """Annealed Langevin over noise levels sigma_1 > ... > sigma_L: level i runs `steps_per_level` steps of
-    size step_size (sigma_i / sigma_L)^2 with score_fns[i] (the score of p_{sigma_i}).
+    size step_size (sigma_i / sigma_L)^2 with score_fns[i] (the score of p_{sigma_i}), noise seed seed * 1000 + i.
+    steps_per_level and seed: ints or int32 scalar tensors (langevin_sample).
 
     Returns: float32 [n, d]. Raises: ValueError if the lists differ in length or sigmas do not decrease.
     """

@@ -24,7 +24,7 @@ from infusion_tf import data
 
 __all__ = ["TOY_DENSITIES", "banana_log_unnormalized", "banana_log_normalizer", "kidney_log_unnormalized",
            "kidney_log_normalizer", "log_unnormalized", "log_normalizer", "log_density", "banana_samples",
-           "kidney_raw_samples", "kidney_samples", "exact_samples"]
+           "kidney_raw_samples", "kidney_samples", "exact_samples", "toy_affine"]
 
 TOY_DENSITIES = ("banana", "kidney")
 _KIDNEY_RADIUS, _KIDNEY_WIDTH, _KIDNEY_CENTER, _KIDNEY_SPREAD = 2.0, 0.4, 2.0, 0.6
@@ -139,3 +139,11 @@ def exact_samples(name: str, num_samples: int, seed: int) -> np.ndarray:
     """float64 [n, 2] exact samples of `name` in raw coordinates (banana_samples or kidney_samples)."""
     _check_name(name)
     return (banana_samples if name == "banana" else kidney_samples)(num_samples, seed)
+
+
+def toy_affine(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, scale), float64 [2] each: raw = offset + scale * x maps the toolkit's [0, 1]^2 points of the toy
+    dataset `dataset` (data.TOY_DATASETS) to the density's own coordinates (data.toy_to_raw, an affine map); a
+    density in [0, 1]^2 is the raw one times prod(scale). Raises: ValueError for a dataset that is not a toy."""
+    offset = data.toy_to_raw(dataset, np.zeros(2))
+    return offset, data.toy_to_raw(dataset, np.ones(2)) - offset
