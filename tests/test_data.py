@@ -155,7 +155,8 @@ def test_splits_checks_consistency():
 # ------------------------------------------------------------------------------------------------- TFDS
 
 
-@pytest.mark.parametrize("name, shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+@pytest.mark.parametrize("name, shape", [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)),
+                                         ("cifar10", (32, 32, 3))])
 def test_load_tfds_splits_with_mock_data(name, shape):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=60):
@@ -163,6 +164,25 @@ def test_load_tfds_splits_with_mock_data(name, shape):
     assert splits.example_shape == shape and splits.train.dtype == np.uint8
     # 60 mock training examples: validation is capped at a sixth of them.
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (50, 10, 60)
+
+
+def test_fashion_mnist_trains_through_tfds_without_a_data_dir(tmp_path):
+    """The path of a user with internet: the fashion_mnist preset without --data-dir reads TFDS (mocked here) and
+    records it as the run's data source."""
+    import dataclasses
+    import json
+
+    from infusion_tf import training
+    from infusion_tf.config import PRESETS
+
+    tfds = pytest.importorskip("tensorflow_datasets")
+    config = dataclasses.replace(PRESETS["fashion_mnist"], width=16, depth=1, num_steps=2, sampling_steps=2,
+                                 batch_size=20, epochs=1, precision="float32")
+    with tfds.testing.mock_data(num_examples=60):
+        training.train(config, str(tmp_path / "run"), verbose=0, export=False)
+    source = json.loads((tmp_path / "run" / "data_source.json").read_text())
+    assert source["dataset"] == "fashion_mnist" and source["kind"] == "tfds"
+    assert (tmp_path / "run" / "checkpoints" / "last.weights.h5").is_file()
 
 
 def test_load_splits_dispatches_other_names_to_tfds():
