@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
-__all__ = ["DenoisingAutoencoder", "dae_score", "dae_residual_score", "langevin_sample",
+__all__ = ["DenoisingAutoencoder", "dae_score", "dae_residual_score", "residual_rescale", "langevin_sample",
            "annealed_langevin_sample"]
 
 ScoreFn = Callable[[tf.Tensor], tf.Tensor]  # float32 [n, d] -> [n, d]
@@ -109,6 +109,14 @@ def dae_residual_score(phi: Callable, x: tf.Tensor) -> tf.Tensor:
         tape.watch(x)
         residual = tf.reduce_sum(tf.square(phi(x) - x))
     return -tape.gradient(residual, x)
+
+
+def residual_rescale(phi: Callable, x, sigma: float) -> float:
+    """The constant c minimizing sum ||s_sigma(x) - c s^r_sigma(x)||^2 over the points x, float [n, d]: the DAE-residual
+    scaled to the DAE-score's size by least squares (App. F's comparison; at the optimum s^r is about 2 sigma^4 H s)."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    dae_s, resid_s = dae_score(phi, x, sigma), dae_residual_score(phi, x)
+    return float(tf.reduce_sum(dae_s * resid_s) / tf.reduce_sum(resid_s * resid_s))
 
 
 def langevin_sample(score_fn: ScoreFn, x0, step_size: float, num_steps, seed=0) -> tf.Tensor:

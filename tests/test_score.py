@@ -39,6 +39,18 @@ def test_estimators_with_the_optimal_denoiser_plugged_in():
     np.testing.assert_allclose(residual, -2 * sigma**4 * (x - MEAN) @ precision @ precision, rtol=1e-4, atol=1e-5)
 
 
+
+def test_residual_rescale_is_the_least_squares_constant():
+    """With the optimal phi: s = -A (x - m), s^r = -2 sigma^4 A^2 (x - m); c = <s, s^r> / <s^r, s^r> (numpy)."""
+    sigma = 0.3
+    x = np.random.default_rng(2).normal(size=(200, 2)) * 2 + MEAN
+    precision = smoothed_precision(sigma)
+    s, r = -(x - MEAN) @ precision, -2 * sigma**4 * (x - MEAN) @ precision @ precision
+    expected = np.sum(s * r) / np.sum(r * r)
+    assert score.residual_rescale(optimal_phi(sigma), x, sigma) == pytest.approx(expected, rel=1e-4)
+    phi_scaled = lambda y: y - sigma**2 * 0.5 * (y - MEAN.astype(np.float32))  # noqa: E731  s = -(x - m) / 2
+    assert score.residual_rescale(phi_scaled, x, sigma) == pytest.approx(1 / (2 * sigma**4 * 0.5), rel=1e-4)
+
 def test_a_trained_dae_estimates_the_smoothed_score():
     """After a short training on Gaussian data the DAE-score is within 0.1 (rms, ~10% of the score's size) of the
     exact score of the smoothed Gaussian on held-out data points (0.035 measured; an untrained DAE, phi = x, gives 0)."""

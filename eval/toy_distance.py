@@ -1,0 +1,91 @@
+"""Energy distance of a toy model's samples to exact samples, beside the exact-vs-exact floor (Tao et al. App. F's
+number; issue 17):
+
+    python eval/toy_distance.py --checkpoint RUN [--model-setting NAME=VALUE ...] [--fit-residual-scale]
+                                [--num-samples 2000] [--seed 0] [--output RUN/toy_distance.json]
+
+Any registered model trained on the banana or the kidney (dae_langevin, paired_flow, annealed_gan). Its samples,
+mapped to the density's own coordinates, are compared with as many exact samples by the squared energy distance
+(`langevin_app_f.sample_summary`: also moments, and the banana's spread across its ridge or the kidney's share of
+x1 > 0), beside 10 further independent exact sets (`langevin_app_f.exact_floor`). --model-setting sets the model's
+evaluation-only fields as in eval/run.py (dae_langevin: estimator, step_size, sampling_steps, residual_scale;
+paired_flow: sampler). --fit-residual-scale (dae_langevin) sets residual_scale to the least-squares match of the
+DAE-residual to the DAE-score on 5000 training points (`score.residual_rescale`), as App. F's comparison does.
+Writes a JSON file with the command, the commit, the CPU, wall and CPU seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from infusion_tf.console import BAD_INPUT, OneLineErrorParser, print_error, quiet_tensorflow_logs
+
+
+def _parser() -> OneLineErrorParser:
+    parser = OneLineErrorParser(prog="python eval/toy_distance.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="run folder of a model trained on banana or kidney")
+    parser.add_argument("--weights", default=None, help="best | last | a path (default: best, else last)")
+    parser.add_argument("--model-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="an evaluation-only config field of the model (repeatable)")
+    parser.add_argument("--fit-residual-scale", action="store_true",
+                        help="dae_langevin: residual_scale = least-squares match of the residual to the DAE-score")
+    parser.add_argument("--num-samples", type=int, default=2000, help="samples, and exact samples per set")
+    parser.add_argument("--seed", type=int, default=0, help="model samples: seed; exact sets: seed + 1, seed + 10 ..")
+    parser.add_argument("--output", default=None, help="JSON file (default: RUN/toy_distance.json)")
+    return parser
+
+
+def toy_distance(args) -> dict:
+    """The results (module docstring). Raises: ValueError for a model not of banana or kidney, or bad settings."""
+    from infusion_tf import checkpoint, data, provenance, score, toy_densities
+    from infusion_tf.langevin_app_f import exact_floor, sample_summary
+
+    start, cpu_start = time.time(), time.process_time()
+    if args.num_samples < 2:
+        raise ValueError(f"--num-samples must be >= 2, got {args.num_samples}")
+    settings = list(args.model_setting)
+    model = checkpoint.load_checkpoint(args.checkpoint, weights=args.weights, model_settings=settings)
+    dataset = model.config.dataset
+    if dataset not in toy_densities.TOY_DENSITIES:
+        raise ValueError(f"exact samples exist for {list(toy_densities.TOY_DENSITIES)}; the model learned {dataset!r}")
+    if args.fit_residual_scale:
+        if not hasattr(model, "denoisers"):
+            raise ValueError(f"--fit-residual-scale needs a dae_langevin model, got {model.config.model!r}")
+        train = data.toy_to_raw(dataset, data.load_splits(dataset).train[:5000])
+        scale = score.residual_rescale(model.denoisers[-1], train, model.config.sigma)
+        settings.append(f"residual_scale={scale!r}")
+        model = checkpoint.load_checkpoint(args.checkpoint, weights=args.weights, model_settings=settings)
+    samples = data.toy_to_raw(dataset, model.sample(args.num_samples, seed=args.seed).numpy())  # [n, 2] raw
+    exact = toy_densities.exact_samples(dataset, args.num_samples, args.seed + 1)
+    return {"checkpoint": args.checkpoint, "model": model.config.model, "dataset": dataset,
+            "model_settings": settings, "num_samples": args.num_samples, "seed": args.seed,
+            "samples": sample_summary(samples, exact, dataset),
+            "exact_vs_exact": exact_floor(dataset, exact, args.seed),
+            "command": "python eval/toy_distance.py " + " ".join(sys.argv[1:]),
+            "environment": provenance.environment(),
+            "wall_s": time.time() - start, "cpu_s": time.process_time() - cpu_start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    quiet_tensorflow_logs()
+    try:
+        results = toy_distance(args)
+        from infusion_tf.files import write_json
+
+        output = args.output or os.path.join(args.checkpoint, "toy_distance.json")
+        write_json(output, results, indent=1)
+    except BAD_INPUT as e:
+        return print_error(e)
+    floor = results["exact_vs_exact"]
+    print(f"{results['model']} on {results['dataset']} {results['model_settings']}: D^2 to exact samples "
+          f"{results['samples']['energy_distance']:.4f}; exact vs exact {floor['mean']:.4f} +- {floor['std']:.4f} (sd)")
+    print({k: v for k, v in results["samples"].items() if k != "energy_distance"})
+    print(f"written to {output}; {results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} s CPU")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
