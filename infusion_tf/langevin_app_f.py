@@ -53,11 +53,15 @@ def _banana_score(x):
 def sample_summary(samples: np.ndarray, exact: np.ndarray, density: str = "banana") -> dict:
     """Samples [n, 2] against exact samples [m, 2] of a toy density, raw coordinates: the squared energy distance,
     moments, and where the density has one, a shape number: the banana's spread across its ridge (x1 - x2^2 / 4 is
-    exactly N(0, 1)) and its share of far-arm points abs(x2) > 5 (exact: 1.2%); the kidney's share of x1 > 0 (1/2)."""
+    exactly N(0, 1)) and its share of far-arm points abs(x2) > 5 (exact: 1.2%); the kidney's share of x1 > 0 (1/2).
+    Non-finite samples (diverged chains) are counted (non_finite_share) and left out of every other number."""
     from infusion_tf.energy_distance import energy_distance
 
-    summary = {"energy_distance": energy_distance(samples, exact), "mean": samples.mean(axis=0).tolist(),
-               "std": samples.std(axis=0).tolist(), "finite": bool(np.all(np.isfinite(samples)))}
+    finite = np.all(np.isfinite(samples), axis=1)  # [n]: a diverged chain ends at inf or nan
+    summary = {"finite": bool(finite.all()), "non_finite_share": float(1 - finite.mean())}
+    samples = samples[finite]  # the numbers below describe the finite samples only
+    summary.update({"energy_distance": energy_distance(samples, exact) if len(samples) > 1 else float("nan"),
+                    "mean": samples.mean(axis=0).tolist(), "std": samples.std(axis=0).tolist()})
     if density == "banana":
         summary["ridge_std"] = float((samples[:, 0] - samples[:, 1] ** 2 / 4).std())
         summary["share_abs_x2_above_5"] = float(np.mean(np.abs(samples[:, 1]) > 5))
