@@ -216,10 +216,30 @@ class DAELangevinModel(keras.Model):
     def sample(self, num_samples, num_steps=None, seed=None, **kwargs):
         """Langevin samples, float32 [n, 2] in the dataset's [0, 1]^2 coordinates: chains started at the fitted
         Gaussian, num_steps (default config.sampling_steps; an int or an int32 scalar tensor) steps per level of
-        config.estimator's score. seed: an int, an int32 [2] tensor or None (0); a fixed seed gives the same samples."""
+        config.estimator's score. seed: an int, an int32 [2] tensor or None (0); a fixed seed gives the same samples.
+        Raises: ValueError for a Python num_steps below 0."""
+        steps = self.config.sampling_steps if num_steps is None else num_steps
+        if not tf.is_tensor(steps) and (int(steps) != steps or steps < 0):
+            raise ValueError(f"num_steps must be an integer >= 0, got {steps!r}")
+        return self._sampler()(tf.cast(num_samples, tf.int32), tf.cast(steps, tf.int32), _key(seed))
+
+    def _sampler(self):
+        """The Langevin run as one tf.function per sampling setting (estimator, residual_scale, step_size), traced once
+        rather than at every call. Kept out of Keras' tracking (object.__setattr__): it is not part of the model."""
         c = self.config
-        steps = c.sampling_steps if num_steps is None else num_steps
-        key = _key(seed)
+        cache = self.__dict__.get("_langevin_runs")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_langevin_runs", cache)
+        settings = (c.estimator, c.residual_scale, c.step_size)
+        if settings not in cache:
+            spec = [tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int32)]
+            cache[settings] = tf.function(self._langevin, input_signature=spec)
+        return cache[settings]
+
+    def _langevin(self, num_samples, steps, key):
+        """num_samples, steps: int32 scalars; key: int32 [2] -> float32 [num_samples, 2] in [0, 1]^2 coordinates."""
+        c = self.config
         x0 = self.start_mean + tf.random.stateless_normal(tf.stack([num_samples, 2]), key) @ tf.transpose(
             self.start_chol)  # [n, 2]
         noise_seed = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(key, 1), 0, 2**20,
