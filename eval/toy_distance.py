@@ -11,7 +11,7 @@ x1 > 0), beside 10 further independent exact sets (`langevin_app_f.exact_floor`)
 evaluation-only fields as in eval/run.py (dae_langevin: estimator, step_size, sampling_steps, residual_scale;
 paired_flow: sampler). --fit-residual-scale (dae_langevin) sets residual_scale to the least-squares match of the
 DAE-residual to the DAE-score on 5000 training points (`score.residual_rescale`), as App. F's comparison does.
-Writes a JSON file with the command, the commit, the CPU, wall and CPU seconds.
+Writes a JSON file with the command, the commit, the CPU, wall and CPU seconds; --figure PATH also a scatter plot.
 """
 
 from __future__ import annotations
@@ -34,7 +34,32 @@ def _parser() -> OneLineErrorParser:
     parser.add_argument("--num-samples", type=int, default=2000, help="samples, and exact samples per set")
     parser.add_argument("--seed", type=int, default=0, help="model samples: seed; exact sets: seed + 1, seed + 10 ..")
     parser.add_argument("--output", default=None, help="JSON file (default: RUN/toy_distance.json)")
+    parser.add_argument("--figure", default=None, help="also a PNG: the samples (blue) over the exact ones (gray)")
     return parser
+
+
+def _figure(path: str, samples, exact, dataset: str, title: str) -> None:
+    """One panel, raw coordinates: exact samples in gray, the model's in blue (banana: x2 across, x1 up)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    across, up = (1, 0) if dataset == "banana" else (0, 1)
+    low, high = np.quantile(exact, 0.002, axis=0), np.quantile(exact, 0.998, axis=0)
+    pad = 0.15 * (high - low)
+    fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=80)
+    ax.scatter(exact[:, across], exact[:, up], s=1, c="tab:gray", alpha=0.3)
+    ax.scatter(samples[:, across], samples[:, up], s=1, c="tab:blue", alpha=0.5)
+    ax.set_xlim(low[across] - pad[across], high[across] + pad[across])
+    ax.set_ylim(low[up] - pad[up], high[up] + pad[up])
+    ax.set_xlabel(f"x{across + 1}")
+    ax.set_ylabel(f"x{up + 1}")
+    ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def toy_distance(args) -> dict:
@@ -59,9 +84,13 @@ def toy_distance(args) -> dict:
         model = checkpoint.load_checkpoint(args.checkpoint, weights=args.weights, model_settings=settings)
     samples = data.toy_to_raw(dataset, model.sample(args.num_samples, seed=args.seed).numpy())  # [n, 2] raw
     exact = toy_densities.exact_samples(dataset, args.num_samples, args.seed + 1)
+    summary = sample_summary(samples, exact, dataset)
+    if args.figure:
+        _figure(args.figure, samples, exact, dataset, f"{model.config.model} {' '.join(settings)}\n"
+                f"D^2 = {summary['energy_distance']:.4f}")
     return {"checkpoint": args.checkpoint, "model": model.config.model, "dataset": dataset,
             "model_settings": settings, "num_samples": args.num_samples, "seed": args.seed,
-            "samples": sample_summary(samples, exact, dataset),
+            "samples": summary,
             "exact_vs_exact": exact_floor(dataset, exact, args.seed),
             "command": "python eval/toy_distance.py " + " ".join(sys.argv[1:]),
             "environment": provenance.environment(),

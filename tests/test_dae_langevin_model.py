@@ -116,9 +116,11 @@ def test_train_resume_and_evaluate_through_the_commands(tmp_path):
 
     out = tmp_path / "distance.json"
     distance = run_command("eval/toy_distance.py", "--checkpoint", run, "--num-samples", "200", "--output", out,
-                           "--fit-residual-scale", "--model-setting", "estimator=residual")
+                           "--fit-residual-scale", "--model-setting", "estimator=residual",
+                           "--figure", tmp_path / "samples.png")
     assert distance.returncode == 0, distance.stderr
     results = json.loads(out.read_text())
     assert results["model_settings"][0] == "estimator=residual" and results["model_settings"][1].startswith(
         "residual_scale=")
     assert np.isfinite(results["samples"]["energy_distance"]) and len(results["exact_vs_exact"]["repeats"]) == 10
+    assert (tmp_path / "samples.png").stat().st_size > 1000
