@@ -38,6 +38,15 @@ def _parser() -> OneLineErrorParser:
     return parser
 
 
+def _short(setting: str) -> str:
+    """NAME=VALUE with a float VALUE to 4 significant digits, for a figure's title."""
+    name, _, value = setting.partition("=")
+    try:
+        return f"{name}={float(value):.4g}" if "." in value else setting
+    except ValueError:
+        return setting
+
+
 def _figure(path: str, samples, exact, dataset: str, title: str) -> None:
     """One panel, raw coordinates: exact samples in gray, the model's in blue (banana: x2 across, x1 up)."""
     import matplotlib
@@ -86,7 +95,7 @@ def toy_distance(args) -> dict:
     exact = toy_densities.exact_samples(dataset, args.num_samples, args.seed + 1)
     summary = sample_summary(samples, exact, dataset)
     if args.figure:
-        _figure(args.figure, samples, exact, dataset, f"{model.config.model} {' '.join(settings)}\n"
+        _figure(args.figure, samples, exact, dataset, f"{model.config.model} {' '.join(map(_short, settings))}\n"
                 f"D^2 = {summary['energy_distance']:.4f}")
     return {"checkpoint": args.checkpoint, "model": model.config.model, "dataset": dataset,
             "model_settings": settings, "num_samples": args.num_samples, "seed": args.seed,
