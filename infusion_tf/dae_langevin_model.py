@@ -21,7 +21,10 @@ so `train_step` maps its batch to raw coordinates and `sample` maps the chains' 
 A sample-only model: the Langevin chain's law has no density we can evaluate, so there is no `log_weights` (no
 "likelihood" capability) and eval/run.py refuses the lower bound and importance sampling; Parzen, figures and the
 SavedModel's `sample` read its samples. Its validation metric is the denoising loss on the validation set with fixed
-noise (`monitor`, smallest kept): cheap, where judging the samples would take a Langevin run per epoch.
+noise (`monitor`, smallest kept): cheap, where judging the samples would take a Langevin run per epoch. That loss
+hardly weighs the score's errors where the data are thin and the chains still go (a banana's arms), so its best epoch
+need not be the DAE that samples best: the learning rate decays to 0 at the last epoch, whose weights
+(`--weights last`) are the ones App. F samples with (docs/langevin.md measures both).
 """
 
 from __future__ import annotations
