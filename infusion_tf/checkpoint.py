@@ -18,7 +18,8 @@ __all__ = ["find_weights", "build_model", "load_checkpoint", "load_weights", "ev
 
 
 def find_weights(checkpoint_dir: str, weights: str | None = None) -> str:
-    """The weights file of a run folder: `weights` "best" / "last" / a path; None: best if present, else last.
+    """The weights file of a run folder: `weights` "best" / "last" / a path; None: best if present, else last
+    (the last for a model that keeps its last epoch, `protocol.monitor` None: its runs write no best).
 
     A name is looked up as `<dir>/checkpoints/<name>.weights.h5`, then `<dir>/<name>.weights.h5`.
     Raises: FileNotFoundError naming the paths tried.

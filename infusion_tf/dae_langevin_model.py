@@ -20,11 +20,12 @@ so `train_step` maps its batch to raw coordinates and `sample` maps the chains' 
 
 A sample-only model: the Langevin chain's law has no density we can evaluate, so there is no `log_weights` (no
 "likelihood" capability) and eval/run.py refuses the lower bound and importance sampling; Parzen, figures and the
-SavedModel's `sample` read its samples. Its validation metric is the denoising loss on the validation set with fixed
-noise (`monitor`, smallest kept): cheap, where judging the samples would take a Langevin run per epoch. That loss
-hardly weighs the score's errors where the data are thin and the chains still go (a banana's arms), so its best epoch
-need not be the DAE that samples best: the learning rate decays to 0 at the last epoch, whose weights
-(`--weights last`) are the ones App. F samples with (docs/langevin.md measures both).
+SavedModel's `sample` read its samples. Its validation metric, the denoising loss on the validation set with fixed
+noise, is logged but does not rank the epochs (`monitor = None`: training keeps the last epoch, writes no
+best.weights.h5, and evaluation and export read last.weights.h5). That loss hardly weighs the score's errors where
+the data are thin and the chains still go (a banana's arms), so its smallest epoch need not be the DAE that samples
+best (docs/langevin.md: on the banana the chains of the smallest-loss epoch were 19 times farther from the data);
+the learning rate decays to 0 at the last epoch, whose weights are the ones App. F samples with.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class DAELangevinConfig(ModelConfig):
     batch_size: int = 512
     learning_rate: float = 2e-3  # Adam, cosine-decayed to 0 over the run's first start (epochs x steps per epoch)
     epochs: int = 40
-    patience: int | None = None  # stop after N epochs without a smaller validation denoising loss
+    patience: int | None = None  # must stay None: this model keeps its last epoch (no monitor, no early stopping)
     sample_every: int = 10  # epochs between sample figures (each a Langevin run of 100 chains)
 
     def __post_init__(self) -> None:
@@ -140,7 +141,7 @@ class DAELangevinModel(keras.Model):
     implements protocol.GenerativeModel without log_weights."""
 
     capabilities = ()  # sample-only: no likelihood, inpainting, chain, batch norm or isotropic rescoring
-    monitor = ("denoising_loss", "min")  # the validation metric the training loop keeps the best epoch of
+    monitor = None  # no best epoch: the denoising loss does not rank the DAEs by their samples; keep the last
     evaluation_settings = ("sampling_steps", "estimator", "residual_scale", "step_size")  # how it samples only
 
     def __init__(self, config: DAELangevinConfig, **kwargs):

@@ -22,7 +22,9 @@ Required
                                     instead of its examples (paired_flow: the toy datasets' log u) reads only
                                     the batch size of x in train_step; the examples still validate and evaluate
     monitor (optional attribute)    (metric, "max" | "min"), the validation metric of the best epoch; default
-                                    ("lower_bound", "max"); a sample-only model names one it has (`monitor(model)`)
+                                    ("lower_bound", "max"); a sample-only model names one it has (`monitor(model)`);
+                                    None: no validation metric ranks the epochs, the model keeps its last epoch
+                                    (no best.weights.h5, no early stopping)
 
 Optional capabilities, discovered with `capabilities(model)`, never assumed:
     "likelihood"    log_weights above; a sample-only model (a GAN, a score-based sampler) leaves it out, and
@@ -94,14 +96,23 @@ def capabilities(model) -> frozenset[str]:
     return declared
 
 
-def monitor(model) -> tuple[str, str]:
+def monitor(model) -> tuple[str, str] | None:
     """(metric, "max" | "min"): the validation metric whose best epoch training keeps (best.weights.h5) and early
     stopping counts from. A model declares it in the class attribute `monitor`; the default is the lower bound
-    ("lower_bound", "max"), which a sample-only model does not have (the annealed GAN monitors an energy distance)."""
-    metric, mode = getattr(model, "monitor", ("lower_bound", "max"))
-    if mode not in ("max", "min") or not isinstance(metric, str):
-        raise ValueError(f"{type(model).__name__}.monitor must be (metric name, 'max' or 'min'), got {(metric, mode)}")
-    return metric, mode
+    ("lower_bound", "max"), which a sample-only model does not have (the annealed GAN monitors an energy distance).
+
+    None, for a model that declares `monitor = None`: none of its validation metrics says which epoch samples best
+    (dae_langevin: its denoising loss), so training keeps its last epoch: it writes no best.weights.h5, evaluation
+    and export then read last.weights.h5, and early stopping (patience) is refused. `model` may be the class.
+    """
+    declared = getattr(model, "monitor", ("lower_bound", "max"))
+    if declared is None:
+        return None
+    name = model.__name__ if isinstance(model, type) else type(model).__name__
+    if not (isinstance(declared, tuple) and len(declared) == 2 and isinstance(declared[0], str)
+            and declared[1] in ("max", "min")):
+        raise ValueError(f"{name}.monitor must be (metric name, 'max' or 'min') or None, got {declared!r}")
+    return declared
 
 
 def require(model, capability: str, what: str) -> None:

@@ -4,11 +4,13 @@
     <output>/data_source.json               where the data came from and their fingerprint (data.data_source)
     <output>/checkpoints/last.keras         weights + optimizer + random state + Progress, the commit of each epoch
     <output>/checkpoints/last.weights.h5    weights only, same epoch
-    <output>/checkpoints/best.weights.h5    weights of the epoch with the best validation lower bound
+    <output>/checkpoints/best.weights.h5    weights of the epoch with the best monitored validation metric (the
+                                            lower bound unless the model names another); none for a model that
+                                            keeps its last epoch (protocol.monitor None)
     <output>/checkpoints/state.json         a readable copy of the Progress in last.keras
     <output>/log.csv, <output>/tensorboard/ loss, lower bound and validation lower bound per epoch
     <output>/samples/                       PNG grids of samples and of sampling chains every few epochs
-    <output>/saved_model/                   SavedModel of the best weights, written at the end
+    <output>/saved_model/                   SavedModel of the best weights (else the last), written at the end
 
 Every file is written to a temporary name and renamed (files.atomic_write), so each one is always whole. After
 the epoch's log row and pictures, last.keras is replaced: that rename commits the epoch (commit_epoch), and a

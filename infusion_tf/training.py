@@ -26,6 +26,7 @@ from infusion_tf import data as data_lib
 from infusion_tf import distribute, files
 from infusion_tf import visualize
 from infusion_tf.config import InfusionConfig
+from infusion_tf.registry import MODELS
 from infusion_tf.run_folder import (Progress, RunPaths, check_output_dir, commit_epoch, create_output_dir,
                                     load_run_data, repair_run_folder, resume_model, training_splits,
                                     update_output_dir)
@@ -90,8 +91,9 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
 
 class CheckpointCallback(keras.callbacks.Callback):
     """Each epoch: last.keras (the commit), then last.weights.h5, best.weights.h5 when the model's monitored
-    validation metric (`protocol.monitor`: the lower bound unless the model names another) improves, and
-    state.json. Goes after the callbacks that log the epoch (see the module docstring)."""
+    validation metric (`protocol.monitor`: the lower bound unless the model names another) improves (never for a
+    model without a monitor: it keeps its last epoch), and state.json. Goes after the callbacks that log the epoch
+    (see the module docstring)."""
 
     def __init__(self, paths: RunPaths, guard: NonFiniteLossGuard, progress: Progress = Progress(),
                  commit: bool = True, snapshot_every: int | None = None):
@@ -104,9 +106,12 @@ class CheckpointCallback(keras.callbacks.Callback):
         logs = logs or {}
         if self.guard.tripped is not None or not math.isfinite(float(logs.get("loss", math.nan))):
             return
-        metric, mode = protocol.monitor(self.model)  # default the lower bound; a sample-only model names its own
-        value = float(logs.get("val_" + metric, logs.get(metric, math.nan)))
-        bound = value if mode == "max" else -value  # Progress keeps a score where larger is better
+        monitored = protocol.monitor(self.model)  # default the lower bound; None: the model keeps its last epoch
+        bound = math.nan  # Progress keeps a score where larger is better
+        if monitored is not None:
+            metric, mode = monitored
+            value = float(logs.get("val_" + metric, logs.get(metric, math.nan)))
+            bound = value if mode == "max" else -value
         improved = math.isfinite(bound) and bound > self.progress.best_val_lower_bound
         self.progress = Progress(epoch + 1, *((bound, epoch + 1) if improved else
                                               (self.progress.best_val_lower_bound, self.progress.best_epoch)))
@@ -310,12 +315,16 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
     """Trains a model as `config` says, writing the run folder that run_folder's docstring lists into `output_dir`.
 
     Stops after config.epochs, or earlier when the validation bound has not improved for config.patience
-    epochs. Raises: ValueError / FileNotFoundError for bad settings, data or checkpoints, before anything is
-    written; FloatingPointError if the loss becomes NaN or infinite (the last good checkpoint stays);
-    TrainingInterrupted after SIGINT or SIGTERM, once what is complete is saved.
+    epochs (a model without a monitor keeps its last epoch and refuses a patience). Raises: ValueError /
+    FileNotFoundError for bad settings, data or checkpoints, before anything is written; FloatingPointError if the
+    loss becomes NaN or infinite (the last good checkpoint stays); TrainingInterrupted after SIGINT or SIGTERM, once
+    what is complete is saved.
     strategy: a tf.distribute strategy (distribute.make_strategy) or None. Only its chief writes the folder;
     distribute.WorkerLost when another worker of a cluster is gone (committed epochs are kept).
     """
+    if config.patience is not None and protocol.monitor(MODELS.get(config.model)) is None:
+        raise ValueError(f"model {config.model!r} keeps its last epoch (no validation metric ranks its epochs), so "
+                         f"early stopping has nothing to count: leave --patience unset (got {config.patience})")
     chief = distribute.is_chief(strategy)
     if chief or resume:  # a fresh run's folder is the chief's to create: the others do not look at it
         check_output_dir(output_dir, config, resume=resume, overwrite=overwrite)
@@ -341,8 +350,9 @@ def train(config: InfusionConfig, output_dir: str, *, data_dir: str | None = Non
     finished = progress.epoch >= config.epochs or (
         config.patience is not None and progress.epochs_without_improvement >= config.patience)
     if finished:
-        print(f"run in {output_dir} already finished: {progress.epoch} epochs (--epochs {config.epochs}), best "
-              f"epoch {progress.best_epoch} (--patience {config.patience})")
+        kept = f"best epoch {progress.best_epoch}" if protocol.monitor(model) else "the last epoch kept"
+        print(f"run in {output_dir} already finished: {progress.epoch} epochs (--epochs {config.epochs}), {kept} "
+              f"(--patience {config.patience})")
         if export and chief and not os.path.isfile(os.path.join(paths.saved_model, "saved_model.pb")):
             _export_best(model, paths, strategy)  # the run was stopped while exporting
         return keras.callbacks.History()
@@ -414,6 +424,8 @@ def _export_best(model, paths: RunPaths, strategy=None) -> None:
 
     if strategy is not None:  # a copy built outside the strategy (best weights, else last): one device's SavedModel
         model = checkpoint.load_checkpoint(paths.root, precision=getattr(model.config, "precision", None))
-    elif os.path.isfile(paths.best_weights):
-        model.load_weights(paths.best_weights)
+    else:  # best weights, else last (a model without a monitor writes no best): what evaluation reads by default
+        kept = next((path for path in (paths.best_weights, paths.last_weights) if os.path.isfile(path)), None)
+        if kept is not None:
+            model.load_weights(kept)
     export_saved_model(model, paths.saved_model)

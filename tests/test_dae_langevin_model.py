@@ -49,7 +49,7 @@ def test_the_model_is_sample_only_and_its_samples_repeat_with_the_seed():
     config = dlm.DAELangevinConfig(dataset="kidney", width=16, depth=1, sampling_steps=5, annealed_sigmas="0.5")
     model = registry.MODELS.get("dae_langevin")(config)
     assert len(model.denoisers) == 2 and "likelihood" not in protocol.capabilities(model)
-    assert protocol.monitor(model) == ("denoising_loss", "min")
+    assert protocol.monitor(model) is None  # keeps its last epoch: the denoising loss does not rank its samples
     with pytest.raises(ValueError, match="likelihood"):
         protocol.require(model, "likelihood", "importance sampling")
     samples = model.sample(7, seed=3).numpy()
@@ -102,6 +102,9 @@ def test_train_resume_and_evaluate_through_the_commands(tmp_path):
     log = (run / "log.csv").read_text().splitlines()
     assert log[0].split(",")[-1] == "val_denoising_loss" and len(log) == 3
     assert (run / "saved_model" / "saved_model.pb").is_file() and (run / "samples" / "samples.png").is_file()
+    assert not (run / "checkpoints" / "best.weights.h5").exists()  # no best epoch: evaluation reads the last
+    refused = run_command("train/run.py", "--resume", "--output-dir", run, "--epochs", "3", "--patience", "1")
+    assert_usage_error(refused, "keeps its last epoch", "--patience")
 
     refused = run_command("eval/run.py", "--checkpoint", run, "--estimator", "importance_sampling")
     assert_usage_error(refused, "likelihood", "dae_langevin")

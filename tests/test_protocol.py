@@ -100,6 +100,23 @@ class GaussianLatentModel(keras.Model):
         return self.mu + tf.sqrt(self.a**2 + self.s**2) * eps
 
 
+KEEPS_LAST = "gaussian_latent_keeps_last_test"
+
+
+@registry.register_model_config(KEEPS_LAST)
+@dataclasses.dataclass(frozen=True)
+class KeepsLastConfig(GaussianLatentConfig):
+    model: str = KEEPS_LAST  # registry name
+
+
+@registry.register_model(KEEPS_LAST)
+@keras.saving.register_keras_serializable(package="tests")
+class KeepsLastModel(GaussianLatentModel):
+    """The same model, declaring that no validation metric ranks its epochs: training keeps its last epoch."""
+
+    monitor = None
+
+
 def exact_log_p(x: np.ndarray, extra_variance: float = 0.0) -> np.ndarray:
     return stats.norm.logpdf(x, MU, math.sqrt(A**2 + S**2 + extra_variance)).sum(axis=1)
 
@@ -229,3 +246,32 @@ def test_a_sample_only_model_has_no_likelihood_and_the_chain_estimators_refuse_i
         assert registry.ESTIMATORS.get(name).needs == "likelihood"
     with pytest.raises(ValueError, match="needs the 'likelihood' capability"):
         protocol.require(SampleOnly(), "likelihood", "the lower_bound estimator")
+
+
+def test_a_model_without_a_monitor_keeps_its_last_epoch(tmp_path):
+    """monitor = None: training writes no best.weights.h5 and records no best epoch; the default weights of
+    evaluation (find_weights, load_checkpoint) and the exported SavedModel are the last epoch's; a patience, which
+    would have nothing to count, is refused before anything is written."""
+    from infusion_tf import checkpoint, training
+
+    assert protocol.monitor(KeepsLastModel) is None and protocol.monitor(GaussianLatentModel) == ("lower_bound", "max")
+    run = tmp_path / "keeps_last"
+    config = KeepsLastConfig(train_examples=1000, validation_examples=200, epochs=3)
+    training.train(config, str(run), verbose=0)
+    assert not (run / "checkpoints" / "best.weights.h5").exists()
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 3 and state["best_epoch"] == -1
+    last = keras.models.load_model(run / "checkpoints" / "last.keras")  # epoch 3's weights
+    assert not np.allclose(last.mu.numpy(), MU)  # training moved them, so an earlier epoch's would differ
+    assert checkpoint.find_weights(str(run)) == str(run / "checkpoints" / "last.weights.h5")
+    loaded = checkpoint.load_checkpoint(str(run))
+    for name in ("mu", "a", "s"):
+        np.testing.assert_array_equal(getattr(loaded, name).numpy(), getattr(last, name).numpy(), err_msg=name)
+    exported = tf.saved_model.load(str(run / "saved_model")).signatures["sample"]
+    images = exported(num_samples=tf.constant(50), num_steps=tf.constant(1), seed=tf.constant(3))["images"]
+    np.testing.assert_allclose(images.numpy(), last.sample(50, seed=3).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="keeps its last epoch.*--patience"):
+        training.train(dataclasses.replace(config, patience=1), str(tmp_path / "refused"), verbose=0)
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(ValueError, match="monitor must be"):
+        protocol.monitor(type("BadMonitor", (), {"monitor": ("lower_bound", "largest")}))
