@@ -6,7 +6,9 @@ Any model with the `likelihood` capability. The evaluated points are those of `e
 from the model's `log_weights` through the shared scorer (infusion_tf/k_ladder.py says how each rung reads them).
 Results go to <checkpoint>/results_k_ladder.json (or --output); the scored rows are kept in <output>.partial.npz
 while it runs (every two minutes, with the ladder over the examples scored so far in <output>.so_far.json), and a
-rerun with the same settings continues from them.
+rerun with the same settings and weights continues from them. A kept row is each example's rung statistics, not its
+k log-weights (about 0.4 kB per example), so the partial file can be committed or copied and the ladder continued on
+another machine, in pieces over several sessions.
 """
 
 from __future__ import annotations
@@ -101,29 +103,31 @@ def run(settings: LadderSettings) -> dict:
     done = None
     if os.path.isfile(partial):
         with np.load(partial) as saved:
-            if str(saved["key"]) == key and "step_means" in saved:
-                done = k_ladder.Draws(saved["log_weights"], saved["step_means"], saved["step_variances"])
+            if str(saved["key"]) == key and "estimate" in saved:
+                done = k_ladder.Rows(**{f.name: saved[f.name] for f in dataclasses.fields(k_ladder.Rows)})
                 print(f"continuing from {len(done)} scored examples in {partial}")
 
     so_far = os.path.splitext(output)[0] + ".so_far.json"
     last_save = [time.time()]
 
-    def save(draws):
-        """Keeps the scored rows at most every SAVE_SECONDS (a row of k = 20 000 is 160 kB; rewriting them after
-        every example would write gigabytes), with the ladder over the examples scored so far."""
-        if time.time() - last_save[0] < SAVE_SECONDS and len(draws) < len(x):
+    def save(rows):
+        """Keeps the scored rows (each example's rung statistics, not its k log-weights: a few hundred bytes per
+        example, so the file can be carried to another machine) at most every SAVE_SECONDS, with the ladder over the
+        examples scored so far."""
+        if time.time() - last_save[0] < SAVE_SECONDS and len(rows) < len(x):
             return
         last_save[0] = time.time()
-        files.atomic_write(partial, lambda tmp: np.savez(tmp, key=key, **dataclasses.asdict(draws)))
-        files.write_json(so_far, {"complete": False, "examples_scored": len(draws), "of": len(x),
-                                  "rungs": k_ladder.ladder(draws.log_weights, settings.rungs),
-                                  "per_step": k_ladder.step_terms(draws), "settings": dataclasses.asdict(settings)})
-        print(f"{len(draws)}/{len(x)} examples, {time.time() - started:.0f} s (the ladder so far: {so_far})",
+        files.atomic_write(partial, lambda tmp: np.savez(tmp, key=key, **dataclasses.asdict(rows)))
+        files.write_json(so_far, {"complete": False, "examples_scored": len(rows), "of": len(x),
+                                  "rungs": k_ladder.ladder_from_rows(rows, settings.rungs),
+                                  "per_step": k_ladder.step_terms(rows), "settings": dataclasses.asdict(settings)})
+        print(f"{len(rows)}/{len(x)} examples, {time.time() - started:.0f} s (the ladder so far: {so_far})",
               flush=True)
 
     scorer = estimators.LogWeightScorer.from_model(model)
-    draws = k_ladder.log_weight_matrix(scorer, x, settings.k, settings.seed, settings.examples_per_call, done, save)
-    result = {"rungs": k_ladder.ladder(draws.log_weights, settings.rungs), "per_step": k_ladder.step_terms(draws),
+    rows = k_ladder.ladder_rows(scorer, x, settings.k, settings.rungs, settings.seed, settings.examples_per_call,
+                                done, save)
+    result = {"rungs": k_ladder.ladder_from_rows(rows, settings.rungs), "per_step": k_ladder.step_terms(rows),
               "batch_norm": batch_norm, "settings": dataclasses.asdict(settings),
               "precision": {"used": precision, "why": precision_why},
               "config": model.config.to_dict(), "data_source": {**source, "data_dir":

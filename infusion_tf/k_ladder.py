@@ -12,6 +12,10 @@ k of the ladder reads the first k of them (nested prefixes, one proposal per exa
 
 An ESS near 1 out of k says one proposal carries the estimate: the estimate is then a lower bound in expectation
 that has not converged (the proposal misses posterior mass), whatever its standard error over examples.
+
+A long ladder (k = 20 000 on 1000 examples: 160 MB of log-weights) keeps, per example, only each rung's statistics
+(`Rows`, `ladder_rows`: a few hundred bytes per example), from which `ladder_from_rows` gives the same rungs; so an
+interrupted ladder's kept state is small enough to carry to another machine and continue there.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 
 import numpy as np
 
-__all__ = ["Draws", "log_weight_matrix", "step_terms", "ladder"]
+__all__ = ["Draws", "Rows", "log_weight_matrix", "ladder_rows", "rung_rows", "step_terms", "ladder", "ladder_from_rows"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +45,18 @@ class Draws:
         return Draws(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Draws)))
 
 
+def _scored_chunks(scorer, x: np.ndarray, k: int, seed: int, examples_per_call: int, start: int):
+    """Yields the Draws of the examples x[first:first + examples_per_call] for first = start, start + b, ...; chunk c
+    = first // b is scored with the seed [seed, c], so a run resumed at any chunk draws what an uninterrupted one
+    draws."""
+    import tensorflow as tf
+
+    for first in range(start, len(x), examples_per_call):
+        chunk = first // examples_per_call
+        per_step, _ = scorer(x[first:first + examples_per_call], k, tf.constant([seed, chunk], tf.int32))  # [S, b, k]
+        yield Draws(per_step.sum(axis=0), per_step.mean(axis=2).T, per_step.var(axis=2).T)
+
+
 def log_weight_matrix(scorer, x: np.ndarray, k: int, seed: int, examples_per_call: int = 8,
                       done: Draws | None = None, on_chunk=None) -> Draws:
     """Log-weights l_j = log p(x, z_j) - log q(z_j | x) of k proposals per example ([n, k]), with their per-step
@@ -51,15 +67,9 @@ def log_weight_matrix(scorer, x: np.ndarray, k: int, seed: int, examples_per_cal
     [seed, c]. done: the Draws of the first examples from an interrupted run with the same settings, kept;
     on_chunk(draws_so_far) is called after each chunk (for a partial save).
     """
-    import tensorflow as tf
-
-    n = len(x)
     parts = [done] if done is not None and len(done) else []
-    start = len(done) if parts else 0
-    for first in range(start, n, examples_per_call):
-        chunk = first // examples_per_call
-        per_step, _ = scorer(x[first:first + examples_per_call], k, tf.constant([seed, chunk], tf.int32))  # [S, b, k]
-        parts.append(Draws(per_step.sum(axis=0), per_step.mean(axis=2).T, per_step.var(axis=2).T))
+    for draws in _scored_chunks(scorer, x, k, seed, examples_per_call, len(done) if parts else 0):
+        parts.append(draws)
         if on_chunk is not None:
             on_chunk(Draws.concatenate(parts))
     if not parts:
@@ -67,7 +77,50 @@ def log_weight_matrix(scorer, x: np.ndarray, k: int, seed: int, examples_per_cal
     return Draws.concatenate(parts)
 
 
-def step_terms(draws: Draws) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """Per example and rung k (the columns, in the ladder's order), what `ladder_from_rows` needs of the first k
+    log-weights: the importance-sampling estimate log (1/k) sum exp(l_j), their mean (the bound), the ESS, their
+    standard deviation, largest and median; and the per-step terms' means and variances over the K proposals."""
+
+    estimate: np.ndarray  # float64 [n, R]
+    bound: np.ndarray  # [n, R]
+    ess: np.ndarray  # [n, R]
+    spread: np.ndarray  # [n, R]
+    best: np.ndarray  # [n, R]
+    median: np.ndarray  # [n, R]
+    step_means: np.ndarray  # [n, S]
+    step_variances: np.ndarray  # [n, S]
+
+    def __len__(self) -> int:
+        return len(self.estimate)
+
+    @staticmethod
+    def concatenate(parts: list["Rows"]) -> "Rows":
+        return Rows(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Rows)))
+
+    @staticmethod
+    def of(draws: Draws, ks) -> "Rows":
+        """The rows of `draws` (its log-weights reduced to the rungs ks)."""
+        return Rows(**rung_rows(draws.log_weights, ks), step_means=draws.step_means,
+                    step_variances=draws.step_variances)
+
+
+def ladder_rows(scorer, x: np.ndarray, k: int, ks, seed: int, examples_per_call: int = 8, done: Rows | None = None,
+                on_chunk=None) -> Rows:
+    """As `log_weight_matrix` (the same proposals, chunks and seeds), but each chunk's [b, k] log-weights are
+    reduced at once to their `Rows` for the rungs ks; done / on_chunk(rows_so_far) hold and receive Rows."""
+    parts = [done] if done is not None and len(done) else []
+    for draws in _scored_chunks(scorer, x, k, seed, examples_per_call, len(done) if parts else 0):
+        parts.append(Rows.of(draws, ks))
+        if on_chunk is not None:
+            on_chunk(Rows.concatenate(parts))
+    if not parts:
+        return Rows.of(Draws(np.zeros((0, k)), np.zeros((0, 0)), np.zeros((0, 0))), ks)
+    return Rows.concatenate(parts)
+
+
+def step_terms(draws: Draws | Rows) -> list[dict]:
     """Per step s: the mean over examples and proposals of its term of log w, and the root mean over examples of
     its variance over the proposals. The steps whose terms vary most between proposals are those that spread the
     log-weights, and so the gap between importance sampling and the lower bound (about var(log w) / 2 while the
@@ -82,33 +135,51 @@ def _logsumexp(values: np.ndarray) -> np.ndarray:
     return top[:, 0] + np.log(np.exp(values - top).sum(axis=1))
 
 
-def ladder(log_weights: np.ndarray, ks) -> list[dict]:
-    """One dict per k of `ks` (each <= log_weights.shape[1]) from the first k log-weights of each example:
-    importance sampling and lower bound (mean over examples, nats, with the standard error over examples), the
-    effective sample size of the k weights (mean, median, minimum over examples), and the mean over examples of the
-    largest and of the median of the k log-weights. These split the gap between the two estimates:
-    IS - bound = (max - median) + (median - mean) - (log k - log sum_j exp(l_j - max)); the first term is how far
-    the best proposal is above a typical one, the second how far a long lower tail pulls the mean below a typical
-    one, and the last is log k less the log of about the ESS."""
+def rung_rows(log_weights: np.ndarray, ks) -> dict[str, np.ndarray]:
+    """Per example (rows) and rung k of ks (columns, each <= log_weights.shape[1]), from the first k log-weights
+    l [n, k]: estimate = lse(l) - log k (Eq. 2), bound = mean(l) (Eq. 3), ess = exp(2 lse(l) - lse(2 l)) in [1, k],
+    spread = std(l) (0 at k = 1), best = max(l), median = median(l); each float64 [n, len(ks)]."""
     log_weights = np.asarray(log_weights, np.float64)
     n, available = log_weights.shape
-    rungs = []
+    columns = {name: [] for name in ("estimate", "bound", "ess", "spread", "best", "median")}
     for k in ks:
         if not 1 <= k <= available:
             raise ValueError(f"a rung k = {k} needs 1 <= k <= {available} (the log-weights per example)")
         l = log_weights[:, :k]  # [n, k]
-        estimate = _logsumexp(l) - math.log(k)  # [n]
-        bound = l.mean(axis=1)
-        ess = np.exp(2.0 * _logsumexp(l) - _logsumexp(2.0 * l))  # [n], in [1, k]
-        spread = l.std(axis=1, ddof=1) if k > 1 else np.zeros(n)  # [n]: the log-weights' spread
-        se = (lambda v: float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"))
-        best, median = l.max(axis=1), np.median(l, axis=1)  # [n]
+        columns["estimate"].append(_logsumexp(l) - math.log(k))
+        columns["bound"].append(l.mean(axis=1))
+        columns["ess"].append(np.exp(2.0 * _logsumexp(l) - _logsumexp(2.0 * l)))
+        columns["spread"].append(l.std(axis=1, ddof=1) if k > 1 else np.zeros(n))
+        columns["best"].append(l.max(axis=1))
+        columns["median"].append(np.median(l, axis=1))
+    return {name: np.stack(values, axis=1) if values else np.zeros((n, 0)) for name, values in columns.items()}
+
+
+def ladder_from_rows(rows: Rows | dict, ks) -> list[dict]:
+    """One dict per k of `ks` (the rows' columns): importance sampling and lower bound (mean over examples, nats,
+    with the standard error over examples), the effective sample size of the k weights (mean, median, minimum over
+    examples), and the mean over examples of the largest and of the median of the k log-weights. These split the
+    gap between the two estimates: IS - bound = (max - median) + (median - mean) - (log k - log sum_j exp(l_j -
+    max)); the first term is how far the best proposal is above a typical one, the second how far a long lower
+    tail pulls the mean below a typical one, and the last is log k less the log of about the ESS."""
+    get = rows.get if isinstance(rows, dict) else (lambda name: getattr(rows, name))
+    n = len(get("estimate"))
+    se = (lambda v: float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"))
+    rungs = []
+    for column, k in enumerate(ks):
+        estimate, bound, ess = get("estimate")[:, column], get("bound")[:, column], get("ess")[:, column]  # [n]
         rungs.append({"k": int(k), "importance_sampling_nats": float(estimate.mean()),
                       # the gap decomposed: IS - bound = (max - median) + (median - mean) - (log k - log sum_j
                       # exp(l_j - max)); with ESS ~ 1 the last sum is ~1 and IS ~ the best of the k log-weights - log k
-                      "max_log_weight_nats": float(best.mean()), "median_log_weight_nats": float(median.mean()),
+                      "max_log_weight_nats": float(get("best")[:, column].mean()),
+                      "median_log_weight_nats": float(get("median")[:, column].mean()),
                       "importance_sampling_standard_error": se(estimate), "lower_bound_nats": float(bound.mean()),
                       "lower_bound_standard_error": se(bound), "ess_mean": float(ess.mean()),
-                      "ess_median": float(np.median(ess)), "ess_min": float(ess.min()), "log_weight_std_mean": float(spread.mean()),
-                      "num_examples": int(n)})
+                      "ess_median": float(np.median(ess)), "ess_min": float(ess.min()),
+                      "log_weight_std_mean": float(get("spread")[:, column].mean()), "num_examples": int(n)})
     return rungs
+
+
+def ladder(log_weights: np.ndarray, ks) -> list[dict]:
+    """`ladder_from_rows` of the rows of log_weights [n, K] (float64) for the rungs ks (each <= K)."""
+    return ladder_from_rows(rung_rows(log_weights, ks), ks)

@@ -73,6 +73,28 @@ def test_the_estimate_reaches_the_exact_log_likelihood_and_resumes_exactly():
     assert 0.5 * 4000 < top[1]["ess_mean"] < 4000  # a proposal near the posterior: most weights count
 
 
+def test_rows_give_the_ladder_of_the_log_weights_and_resume_exactly():
+    """ladder_rows keeps each example's rung statistics instead of its k log-weights: the same rungs as
+    ladder(log_weight_matrix(...)) for the same proposals, and a resumed run equal to an uninterrupted one."""
+    x = np.linspace(-2.0, 2.0, 21).astype(np.float32)
+    scorer, ks = gaussian_scorer(), [1, 10, 300]
+    draws = k_ladder.log_weight_matrix(scorer, x, 300, seed=5, examples_per_call=4)
+    saved = []
+    rows = k_ladder.ladder_rows(scorer, x, 300, ks, seed=5, examples_per_call=4, on_chunk=saved.append)
+    assert rows.estimate.shape == (21, 3) and [len(s) for s in saved] == [4, 8, 12, 16, 20, 21]
+    expected = k_ladder.ladder(draws.log_weights, ks)
+    for got, want in zip(k_ladder.ladder_from_rows(rows, ks), expected):
+        assert got.keys() == want.keys()
+        for name in want:
+            assert got[name] == pytest.approx(want[name], rel=1e-12, abs=1e-12), name
+    assert k_ladder.step_terms(rows) == k_ladder.step_terms(draws)
+    resumed = k_ladder.ladder_rows(scorer, x, 300, ks, seed=5, examples_per_call=4, done=saved[2])
+    for field in ("estimate", "bound", "ess", "spread", "best", "median", "step_means", "step_variances"):
+        np.testing.assert_array_equal(getattr(resumed, field), getattr(rows, field))
+    with pytest.raises(ValueError, match="1 <= k <= 300"):
+        k_ladder.ladder_rows(scorer, x, 300, [301], seed=5)
+
+
 def test_the_command_recomputes_batch_statistics_and_reports_the_step_terms(tmp_path):
     """eval/k_ladder.py on a tiny infusion run: batch statistics recomputed over the training set (and cached beside
     the weights, as eval/run.py does), one term per step whose means add up to the lower bound, k = 1 rung equal
@@ -125,22 +147,25 @@ def test_an_interrupted_ladder_reports_so_far_and_resumes_to_the_uninterrupted_r
              "2", "--batch-norm", "moving"]
     assert command.main([*flags, "--output", str(tmp_path / "whole.json")]) == 0
     monkeypatch.setattr(command, "SAVE_SECONDS", 0.0)
-    original = k_ladder.log_weight_matrix
+    original = k_ladder.ladder_rows
 
-    def stopped_after_one_chunk(scorer, x, k, seed, examples_per_call=8, done=None, on_chunk=None):
-        def chunk(draws):
-            on_chunk(draws)
+    def stopped_after_one_chunk(scorer, x, k, ks, seed, examples_per_call=8, done=None, on_chunk=None):
+        def chunk(rows):
+            on_chunk(rows)
             raise KeyboardInterrupt
 
-        return original(scorer, x, k, seed, examples_per_call, done, chunk)
+        return original(scorer, x, k, ks, seed, examples_per_call, done, chunk)
 
-    monkeypatch.setattr(k_ladder, "log_weight_matrix", stopped_after_one_chunk)
+    monkeypatch.setattr(k_ladder, "ladder_rows", stopped_after_one_chunk)
     with pytest.raises(KeyboardInterrupt):
         command.main([*flags, "--output", str(tmp_path / "cut.json")])
     so_far = json.loads((tmp_path / "cut.so_far.json").read_text())
     assert (so_far["complete"], so_far["examples_scored"], so_far["of"]) == (False, 2, 6)
     assert so_far["rungs"][0]["num_examples"] == 2 and not (tmp_path / "cut.json").exists()
-    monkeypatch.setattr(k_ladder, "log_weight_matrix", original)
+    kept = tmp_path / "cut.json.partial.npz"  # each example's rung statistics, not its k log-weights
+    with np.load(kept) as saved:
+        assert "log_weights" not in saved and saved["estimate"].shape == (2, 2)
+    monkeypatch.setattr(k_ladder, "ladder_rows", original)
     assert command.main([*flags, "--output", str(tmp_path / "cut.json")]) == 0
     cut, whole = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("cut", "whole"))
     assert cut["resumed_from_examples"] == 2 and cut["rungs"] == whole["rungs"]
