@@ -7,7 +7,7 @@ from the model's `log_weights` through the shared scorer (infusion_tf/k_ladder.p
 Results go to <checkpoint>/results_k_ladder.json (or --output); the scored rows are kept in <output>.partial.npz
 while it runs (every two minutes, with the ladder over the examples scored so far in <output>.so_far.json), and a
 rerun with the same settings and weights continues from them. A kept row is each example's rung statistics, not its
-k log-weights (about 0.4 kB per example), so the partial file can be committed or copied and the ladder continued on
+k log-weights (about 0.5 kB per example at six rungs), so the partial file can be committed or copied and the ladder continued on
 another machine, in pieces over several sessions.
 """
 
