@@ -2,7 +2,7 @@
 number; issue 17):
 
     python eval/toy_distance.py --checkpoint RUN [--model-setting NAME=VALUE ...] [--fit-residual-scale]
-                                [--num-samples 2000] [--seed 0] [--output RUN/toy_distance.json]
+                                [--num-samples 2000] [--seed 0] [--k 1] [--output RUN/toy_distance.json]
 
 Any registered model trained on the banana or the kidney (dae_langevin, paired_flow, annealed_gan). Its samples,
 mapped to the density's own coordinates, are compared with as many exact samples by the squared energy distance
@@ -11,6 +11,9 @@ x1 > 0), beside 10 further independent exact sets (`langevin_app_f.exact_floor`)
 evaluation-only fields as in eval/run.py (dae_langevin: estimator, step_size, sampling_steps, residual_scale;
 paired_flow: sampler). --fit-residual-scale (dae_langevin) sets residual_scale to the least-squares match of the
 DAE-residual to the DAE-score on 5000 training points (`score.residual_rescale`), as App. F's comparison does.
+A model whose samples have a likelihood (paired_flow with `--model-setting sampler=flow`: its MAF nu) also gets the
+reverse KL(r || p) of its samples with the density's exact normalizer and the effective sample size of the importance
+weights u / r (`paired_flow.model_importance_diagnostics`; --k proposals per sample for log r, exact at k = 1 for nu).
 Writes a JSON file with the command, the commit, the CPU, wall and CPU seconds; --figure PATH also a scatter plot.
 """
 
@@ -33,6 +36,8 @@ def _parser() -> OneLineErrorParser:
                         help="dae_langevin: residual_scale = least-squares match of the residual to the DAE-score")
     parser.add_argument("--num-samples", type=int, default=2000, help="samples, and exact samples per set")
     parser.add_argument("--seed", type=int, default=0, help="model samples: seed; exact sets: seed + 1, seed + 10 ..")
+    parser.add_argument("--k", type=int, default=1,
+                        help="models with a likelihood: proposals per sample for log r(x) (default 1: exact for nu)")
     parser.add_argument("--output", default=None, help="JSON file (default: RUN/toy_distance.json)")
     parser.add_argument("--figure", default=None, help="also a PNG: the samples (blue) over the exact ones (gray)")
     return parser
@@ -73,12 +78,14 @@ def _figure(path: str, samples, exact, dataset: str, title: str) -> None:
 
 def toy_distance(args) -> dict:
     """The results (module docstring). Raises: ValueError for a model not of banana or kidney, or bad settings."""
-    from infusion_tf import checkpoint, data, provenance, score, toy_densities
+    from infusion_tf import checkpoint, data, paired_flow, protocol, provenance, score, toy_densities
     from infusion_tf.langevin_app_f import exact_floor, sample_summary
 
     start, cpu_start = time.time(), time.process_time()
     if args.num_samples < 2:
         raise ValueError(f"--num-samples must be >= 2, got {args.num_samples}")
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
     settings = list(args.model_setting)
     model = checkpoint.load_checkpoint(args.checkpoint, weights=args.weights, model_settings=settings)
     dataset = model.config.dataset
@@ -91,7 +98,10 @@ def toy_distance(args) -> dict:
         scale = score.residual_rescale(model.denoisers[-1], train, model.config.sigma)
         settings.append(f"residual_scale={scale!r}")
         model = checkpoint.load_checkpoint(args.checkpoint, weights=args.weights, model_settings=settings)
-    samples = data.toy_to_raw(dataset, model.sample(args.num_samples, seed=args.seed).numpy())  # [n, 2] raw
+    unit = model.sample(args.num_samples, seed=args.seed).numpy()  # [n, 2], the dataset's [0, 1]^2 coordinates
+    samples = data.toy_to_raw(dataset, unit)  # [n, 2] raw
+    importance = (paired_flow.model_importance_diagnostics(model, unit, args.k, args.seed)
+                  if "likelihood" in protocol.capabilities(model) else None)  # None: the samples have no density
     exact = toy_densities.exact_samples(dataset, args.num_samples, args.seed + 1)
     summary = sample_summary(samples, exact, dataset)
     if args.figure:
@@ -99,7 +109,7 @@ def toy_distance(args) -> dict:
                 f"D^2 = {summary['energy_distance']:.4f}")
     return {"checkpoint": args.checkpoint, "model": model.config.model, "dataset": dataset,
             "model_settings": settings, "num_samples": args.num_samples, "seed": args.seed,
-            "samples": summary,
+            "samples": summary, "importance": importance,
             "exact_vs_exact": exact_floor(dataset, exact, args.seed),
             "command": "python eval/toy_distance.py " + " ".join(sys.argv[1:]),
             "environment": provenance.environment(),
@@ -121,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{results['model']} on {results['dataset']} {results['model_settings']}: D^2 to exact samples "
           f"{results['samples']['energy_distance']:.4f}; exact vs exact {floor['mean']:.4f} +- {floor['std']:.4f} (sd)")
     print({k: v for k, v in results["samples"].items() if k != "energy_distance"})
+    if results["importance"] is not None:
+        imp = results["importance"]
+        print(f"reverse KL(r || p) {imp['reverse_kl']:.4f} +- {imp['reverse_kl_se']:.4f} nats (exact normalizer); "
+              f"effective sample size {100 * imp['ess_fraction']:.1f}% of {imp['num_samples']} "
+              f"({imp['non_finite']} non-finite weights dropped)")
     print(f"written to {output}; {results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} s CPU")
     return 0
 

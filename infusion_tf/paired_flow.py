@@ -15,7 +15,9 @@ the flow itself on KL(nu || mu) would back-propagate through its slow direction.
 
 `importance_diagnostics` reports, for samples x with a density log r(x) (nu's exact one, or nu standing in for q),
 log w = log u(x) - log r(x): the reverse KL log Z - mean log w (with the exact normalizer where there is one), the
-importance-sampling estimate of log Z, and the effective sample size (sum w)^2 / sum w^2 / n.
+importance-sampling estimate of log Z, and the effective sample size (sum w)^2 / sum w^2 / n;
+`model_importance_diagnostics` the same for the samples of any registered model with a likelihood learned on the
+banana or the kidney (paired_flow_model's nu, `sampler=flow`), through the protocol's log_weights.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import tensorflow as tf
 from infusion_tf import maf
 
 __all__ = ["banana_log_u", "kidney_log_u", "TOY_LOG_U", "tempered_objective", "regularized_objective",
-           "paired_updates", "PairedFlowSampler", "importance_diagnostics"]
+           "paired_updates", "PairedFlowSampler", "importance_diagnostics", "model_importance_diagnostics"]
 
 
 def banana_log_u(x: tf.Tensor) -> tf.Tensor:
@@ -97,6 +99,37 @@ def importance_diagnostics(log_u: np.ndarray, log_r: np.ndarray, log_z: float | 
             "log_z_estimate": float(lse - math.log(n)),
             "ess_fraction": float(math.exp(2 * lse - np.logaddexp.reduce(2 * log_w)) / n),
             "num_samples": n, "non_finite": int((~finite).sum())}
+
+
+def model_importance_diagnostics(model, x, num_proposals: int = 1, seed: int = 0) -> dict:
+    """`importance_diagnostics` of a model's own samples x ~ r on the toy density it learned (config.dataset banana or
+    kidney): the reverse KL(r || mu) with mu's exact normalizer (toy_densities.log_normalizer) and the effective
+    sample size of w = u / r, in the density's own coordinates.
+
+    x: float32 [n, 2] samples of `model` in the dataset's [0, 1]^2 coordinates (model.sample). log r(x) is the
+    importance-sampling estimate over num_proposals proposals of the protocol's log_weights (estimators.
+    importance_sampling, Eq. 2 of the infusion paper), minus the affine map's log |d raw / d x| = sum log scale
+    (toy_densities.toy_affine). For a model whose samples have a density and no latent variable (paired_flow with
+    sampler=flow: log nu) it is exact for any num_proposals; for a latent-variable model it is an estimate that
+    falls short of log r on average (less so as num_proposals grows). Returns importance_diagnostics' dict and
+    "num_proposals". Raises: ValueError for a model without the "likelihood" capability or a dataset without an exact
+    density.
+    """
+    from infusion_tf import estimators, protocol, toy_densities
+
+    protocol.require(model, "likelihood", "the reverse KL and the effective sample size")
+    dataset = model.config.dataset
+    if dataset not in toy_densities.TOY_DENSITIES:
+        raise ValueError(f"an exact normalizer exists for {list(toy_densities.TOY_DENSITIES)}; the model learned "
+                         f"{dataset!r}")
+    offset, scale = toy_densities.toy_affine(dataset)
+    x = np.asarray(x, np.float32)  # [n, 2]
+    log_r_unit = estimators.importance_sampling(estimators.LogWeightScorer.from_model(model), x, num_proposals,
+                                                seed).per_example  # [n], log r in [0, 1]^2 coordinates
+    log_r = log_r_unit - float(np.sum(np.log(scale)))  # [n], raw coordinates
+    log_u = toy_densities.log_unnormalized(dataset, offset + scale * x.astype(np.float64))  # [n]
+    return {**importance_diagnostics(log_u, log_r, toy_densities.log_normalizer(dataset)),
+            "num_proposals": int(num_proposals)}
 
 
 def paired_updates(generator, flow, flow_variables, g_optimizer, flow_optimizer, log_u, beta, zs) -> dict:
