@@ -102,19 +102,27 @@ def file_sha256(path: str) -> str:
 def portable_path(path) -> str | None:
     """A path as a reader on another machine would type it, for results and benchmark records.
 
-    Relative to the repository root when inside it ("." for the root), `~/...` under the home folder, otherwise
-    the absolute path; None stays None. local_path() turns it back into a path of this machine.
+    Relative to the repository root when inside it ("." for the root) or inside the folder that holds it
+    (`../shared/data/...`, the data beside a checkout), `~/...` under the home folder, otherwise the absolute path;
+    None stays None. local_path() turns it back into a path of this machine.
     """
     if path is None:
         return None
     absolute = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    for candidate in dict.fromkeys((absolute, os.path.realpath(absolute))):  # the repository may be a symlink
-        if candidate == str(REPO) or candidate.startswith(str(REPO) + os.sep):
-            return os.path.relpath(candidate, REPO)
+    candidates = dict.fromkeys((absolute, os.path.realpath(absolute)))  # the repository may be a symlink
+
+    def inside(root) -> str | None:
+        for candidate in candidates:
+            if str(root) != os.sep and (candidate == str(root) or candidate.startswith(str(root) + os.sep)):
+                return os.path.relpath(candidate, REPO)
+        return None
+
+    if (relative := inside(REPO)) is not None:
+        return relative
     home = os.path.expanduser("~")
     if home not in ("", os.sep, "~") and absolute.startswith(home.rstrip(os.sep) + os.sep):
         return "~" + absolute[len(home.rstrip(os.sep)):]
-    return absolute
+    return inside(REPO.parent) or absolute  # a repository at /x: its parent "/" would hold every path
 
 
 def portable_argv(argv) -> list[str]:

@@ -38,6 +38,9 @@ def test_portable_path_inside_the_repository_under_home_and_elsewhere(tmp_path, 
     home = tmp_path / "home" / "someone"
     home.mkdir(parents=True)
     monkeypatch.setenv("HOME", str(home))
+    beside = provenance.REPO.parent / "shared" / "data" / "fashion_mnist"  # data beside the checkout
+    assert provenance.portable_path(beside) == os.path.join("..", "shared", "data", "fashion_mnist")
+    assert provenance.portable_path(provenance.local_path(os.path.join("..", "shared"))) == os.path.join("..", "shared")
     assert provenance.portable_path(home / "runs" / "mnist") == os.path.join("~", "runs", "mnist")
     assert provenance.portable_path("~/runs/mnist") == os.path.join("~", "runs", "mnist")
     assert provenance.portable_path(str(tmp_path / "elsewhere")) == str(tmp_path / "elsewhere")
