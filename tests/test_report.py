@@ -75,3 +75,11 @@ def test_bad_flags_are_one_error_line(checkpoint, tmp_path, capsys, flags, messa
     assert report.main(["--checkpoint", checkpoint, "--output-dir", str(tmp_path / "r"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_papers_values_stand_only_beside_mnist(checkpoint, tmp_path, monkeypatch):
+    output = str(tmp_path / "report")
+    monkeypatch.setattr(report, "_dataset", lambda folder: "fashion_mnist")  # the tiny run's data, another name
+    assert report.main(["--checkpoint", checkpoint, "--output-dir", output, *QUICK, "--only", "lower_bound"]) == 0
+    row = [line for line in open(os.path.join(output, "report.md")).read().splitlines() if line.startswith("| lower")]
+    assert len(row) == 1 and "1350.60" not in row[0] and row[0].split(" | ")[2] == ""
