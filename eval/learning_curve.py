@@ -28,6 +28,7 @@ import sys
 
 import numpy as np
 
+from infusion_tf import provenance
 from infusion_tf.config import check_seed
 from infusion_tf.console import (BAD_INPUT, OneLineErrorParser, check_output_folder, field_help, print_error,
                                  quiet_tensorflow_logs)
@@ -157,7 +158,9 @@ def run(settings: CurveSettings) -> dict:
         gain = np.asarray(p.pop("per_example_nats")) - first
         p["gain_over_first_nats"], p["gain_se"] = float(gain.mean()), float(gain.std(ddof=1) / math.sqrt(gain.size))
     cpu = _cpu_seconds_per_epoch(settings.checkpoint)
-    report = {"settings": dataclasses.asdict(settings), "points": points, "cpu_seconds_per_epoch": cpu}
+    shown = {**dataclasses.asdict(settings), "checkpoint": provenance.portable_path(settings.checkpoint),
+             "output_dir": provenance.portable_path(folder)}  # no folder of this machine in the record
+    report = {"settings": shown, "points": points, "cpu_seconds_per_epoch": cpu}
     fitted = points[-settings.fit_points:]
     if settings.target and len(fitted) >= 3 and len({p["total_epochs"] for p in fitted}) > 1:
         fit = epochs_to_target([p["total_epochs"] for p in fitted], [p["bound_nats"] for p in fitted],

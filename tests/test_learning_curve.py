@@ -70,7 +70,7 @@ def test_settings_refuse_bad_input(tmp_path):
 
 
 def test_curve_of_a_tiny_run_matches_eval_run_on_each_snapshot(tmp_path, capsys):
-    from infusion_tf import evaluate, training
+    from infusion_tf import provenance, evaluate, training
     from infusion_tf.config import InfusionConfig
 
     run = tmp_path / "run"
@@ -83,6 +83,7 @@ def test_curve_of_a_tiny_run_matches_eval_run_on_each_snapshot(tmp_path, capsys)
     report = json.loads((run / "curve" / "learning_curve.json").read_text())
     assert [p["total_epochs"] for p in report["points"]] == [11, 12, 13]
     assert report["points"][0]["gain_over_first_nats"] == 0
+    assert report["settings"]["checkpoint"] == provenance.portable_path(run)  # as a reader elsewhere types it
     assert (run / "curve" / "learning_curve.png").stat().st_size > 0
     assert "nats per doubling" in (run / "curve" / "learning_curve.md").read_text()
     parsed = evaluate.eval_parser().parse_args(
