@@ -267,9 +267,16 @@ def _shipped(name: str) -> str:
     return os.path.join(REPO, "pretrained", name)
 
 
-# The shipped models: MNIST's test images ship with the package; Fashion-MNIST's are read from ../shared/data.
-SHIPPED_MODELS = [pytest.param(name, marks=[pytest.mark.shared_data] if name != "mnist" else [])
-                  for name in ("mnist", "fashion_mnist") if os.path.isfile(os.path.join(_shipped(name), "export.json"))]
+def _dataset(name: str) -> str:
+    return json.loads(open(os.path.join(_shipped(name), "config.json")).read())["dataset"]
+
+
+# The shipped models (every folder of pretrained/ with an export.json): MNIST's test images ship with the package;
+# the other datasets' are read from ../shared/data.
+SHIPPED = sorted(name for name in os.listdir(os.path.join(REPO, "pretrained"))
+                 if os.path.isfile(os.path.join(_shipped(name), "export.json")))
+SHIPPED_MODELS = [pytest.param(name, marks=[pytest.mark.shared_data] if _dataset(name) != "mnist" else [])
+                  for name in SHIPPED]
 
 
 @pytest.mark.skipif(not SHIPPED_MODELS, reason="no pretrained model shipped yet")
@@ -282,7 +289,7 @@ def test_shipped_model_gives_its_documented_lower_bound(name, which):
     from conftest import shared_data_dir
 
     folder = _shipped(name)
-    data_dir = None if name == "mnist" else str(shared_data_dir(name))
+    data_dir = None if _dataset(name) == "mnist" else str(shared_data_dir(_dataset(name)))
     check = json.loads(open(os.path.join(folder, "export.json")).read())[which]
     model = load_checkpoint(folder)
     if which == "check_recomputed":
@@ -294,8 +301,8 @@ def test_shipped_model_gives_its_documented_lower_bound(name, which):
     assert abs(result["mean_nats"] - check["mean_nats"]) < 2.0, (result["mean_nats"], check["mean_nats"])
 
 
-SAMPLE_CHECKED = [name for name in ("mnist", "fashion_mnist") if os.path.isfile(os.path.join(_shipped(name), "export.json"))
-                  and "check_samples" in json.loads(open(os.path.join(_shipped(name), "export.json")).read())]
+SAMPLE_CHECKED = [name for name in SHIPPED
+                  if "check_samples" in json.loads(open(os.path.join(_shipped(name), "export.json")).read())]
 
 
 @pytest.mark.skipif(not SAMPLE_CHECKED, reason="no shipped model records a sample check yet")
