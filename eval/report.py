@@ -53,7 +53,9 @@ class Row:
 
 def plan(args) -> list[Row]:
     """The rows, in the order they run (cheapest first, so a short budget still gets the headline numbers)."""
-    common = ("--num-examples", str(args.num_examples), "--precision", args.precision, "--seed", str(args.seed))
+    chosen = ("--weights", args.weights) if args.weights else ()  # eval/run.py's default: best if present, else last
+    common = ("--num-examples", str(args.num_examples), "--precision", args.precision, "--seed", str(args.seed),
+              *chosen)
     rows = [Row("lower_bound", f"lower bound (Eq. 3), k = {args.lb_k}", "lower_bound",
                 ("--estimator", "lower_bound", "--k", str(args.lb_k), "--repeats", str(args.repeats), *common),
                 PAPER_MNIST["lower_bound"])]
@@ -72,7 +74,8 @@ def plan(args) -> list[Row]:
     rows.append(Row("isotropic", f"isotropic output, importance sampling, k = {args.isotropic_k}", "isotropic",
                     ("--estimator", "isotropic", "--k", str(args.isotropic_k), "--repeats",
                      str(args.isotropic_repeats), *common), PAPER_MNIST["isotropic"]))
-    subset = ("--num-examples", str(args.subset_examples), "--precision", args.precision, "--seed", str(args.seed))
+    subset = ("--num-examples", str(args.subset_examples), "--precision", args.precision, "--seed", str(args.seed),
+              *chosen)
     for k in args.subset_k:
         rows.append(Row(f"importance_sampling_first{args.subset_examples}_k{k}",
                         f"importance sampling, k = {k}, first {args.subset_examples} test examples",
@@ -115,7 +118,7 @@ def _read_saved(path: str) -> dict | None:
     return saved
 
 
-def _available(checkpoint: str, rows: list[Row], explicit: bool) -> list[Row]:
+def _available(checkpoint: str, rows: list[Row], explicit: bool, weights: str | None = None) -> list[Row]:
     """The rows whose inputs exist, checked before the first row runs: the checkpoint's config and weights, and
     each estimator's own check (sample quality: a classifier of its images). Without --only, a row that cannot
     run is left out with a note; asked for by name, it is an error.
@@ -126,7 +129,7 @@ def _available(checkpoint: str, rows: list[Row], explicit: bool) -> list[Row]:
     if not os.path.isdir(checkpoint):
         raise FileNotFoundError(f"checkpoint folder {checkpoint!r} does not exist")
     config = load_config(checkpoint)
-    find_weights(checkpoint)  # the rows take the default weights (best if present, else last)
+    find_weights(checkpoint, weights)  # the rows' weights (--weights; default: best if present, else last)
     kept = []
     for row in rows:
         check = ESTIMATORS.get(row.estimator).check
@@ -255,6 +258,8 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subset-k", type=int, nargs="*", default=[100, 1000, 10000])
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", help="best | last | a weights file, e.g. a snapshot checkpoints/epochNNNN.weights.h5 "
+                                          "(default: best if present, else last)")
     parser.add_argument("--only", nargs="*", help="names of the rows to run (default: all)")
     return parser
 
@@ -278,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = [r for r in rows if r.name in args.only]
         for row in rows:
             _settings(args.checkpoint, row, "x")  # every row's settings are checked before the first one runs
-        rows = _available(args.checkpoint, rows, explicit=bool(args.only))  # and every row's inputs
+        rows = _available(args.checkpoint, rows, explicit=bool(args.only), weights=args.weights)  # and their inputs
         if _dataset(args.checkpoint) != "mnist":  # the paper's values are MNIST's: beside another dataset, none
             rows = [dataclasses.replace(row, paper="") for row in rows]
         check_output_folder(output_dir)

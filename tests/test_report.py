@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from infusion_tf import training
+from infusion_tf import provenance, training
 from infusion_tf.config import InfusionConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,3 +83,16 @@ def test_the_papers_values_stand_only_beside_mnist(checkpoint, tmp_path, monkeyp
     assert report.main(["--checkpoint", checkpoint, "--output-dir", output, *QUICK, "--only", "lower_bound"]) == 0
     row = [line for line in open(os.path.join(output, "report.md")).read().splitlines() if line.startswith("| lower")]
     assert len(row) == 1 and "1350.60" not in row[0] and row[0].split(" | ")[2] == ""
+
+
+def test_other_weights_are_evaluated_and_recorded(checkpoint, tmp_path):
+    """--weights reaches every row: a snapshot is scored instead of the best weights, and the results say so."""
+    output = str(tmp_path / "report")
+    assert report.main(["--checkpoint", checkpoint, "--output-dir", output, *QUICK, "--only", "lower_bound",
+                        "--weights", "last"]) == 0
+    saved = json.load(open(os.path.join(output, "results_lower_bound.json")))
+    assert saved["settings"]["weights"] == "last"
+    assert saved["weights_sha256"] == provenance.file_sha256(os.path.join(checkpoint, "checkpoints", "last.weights.h5"))
+    assert report.main(["--checkpoint", checkpoint, "--output-dir", str(tmp_path / "r"), "--weights",
+                        str(tmp_path / "missing.weights.h5")]) == 2
+    assert not (tmp_path / "r").exists()
