@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shlex
 import sys
@@ -195,12 +196,14 @@ def write_report(checkpoint: str, rows: list[Row], results: list[dict], output_d
         commit = (env.get("git_commit") or "?")[:7] + ("-dirty" if env.get("git_dirty") else "")
         seconds = result["wall_seconds"]
         wall = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+        shown_arguments = " ".join(provenance.portable_path(a) if os.path.isabs(a) else a for a in row.arguments)
         lines.append(f"| {row.label} | {_value(result)} | {row.paper} | {result['settings']['repeats']} | "
-                     f"{wall} | `{commit}` | `{' '.join(row.arguments)}` |")
+                     f"{wall} | `{commit}` | `{shown_arguments}` |")
     text = "\n".join(lines) + "\n"
     files.write_text(os.path.join(output_dir, "report.md"), text)  # whole or absent, as report.json
     files.write_json(os.path.join(output_dir, "report.json"),
-                     {"checkpoint": shown, "rows": [{"name": r.name, "label": r.label, "arguments": r.arguments,
+                     {"checkpoint": shown, "rows": [{"name": r.name, "label": r.label, "arguments": [
+                         provenance.portable_path(a) if os.path.isabs(a) else a for a in r.arguments],
                                                      "result": res} for r, res in zip(rows, results)]})
     return text
 
@@ -264,10 +267,30 @@ def report_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dataset(checkpoint: str) -> str:
+def _chain(checkpoint: str) -> tuple:
+    """(dataset, model, num_steps, alpha0, omega) of the checkpoint's config."""
     from infusion_tf.config import load_config
 
-    return load_config(checkpoint).dataset
+    config = load_config(checkpoint)
+    return (config.dataset, getattr(config, "model", "infusion"), getattr(config, "num_steps", None),
+            getattr(config, "alpha0", None), getattr(config, "omega", None))
+
+
+def papers_rows(rows: list[Row], chain: tuple) -> list[Row]:
+    """The rows with the paper's values where they belong: Tables 1 and 2 are of its MNIST infusion chain with
+    T = 15, alpha(0) = 0, omega = 0.01; Table 4 gives the lower bound alone of its other chains (PAPER_TABLE4); any
+    other chain, model or dataset has none."""
+    from infusion_tf.config import PAPER_TABLE4
+
+    dataset, model, num_steps, alpha0, omega = chain
+    if dataset != "mnist" or model != "infusion":
+        return [dataclasses.replace(row, paper="") for row in rows]
+    key = next((key for key in PAPER_TABLE4 if key[0] == num_steps and math.isclose(key[1], alpha0, abs_tol=1e-9)
+                and math.isclose(key[2], omega, abs_tol=1e-9)), None)
+    if key == (15, 0.0, 0.01):
+        return rows
+    return [dataclasses.replace(row, paper=f"{PAPER_TABLE4[key]:.2f} (Table 4)" if key and row.name == "lower_bound"
+                                else "") for row in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             _settings(args.checkpoint, row, "x")  # every row's settings are checked before the first one runs
         rows = _available(args.checkpoint, rows, explicit=bool(args.only), weights=args.weights)  # and their inputs
-        if _dataset(args.checkpoint) != "mnist":  # the paper's values are MNIST's: beside another dataset, none
-            rows = [dataclasses.replace(row, paper="") for row in rows]
+        rows = papers_rows(rows, _chain(args.checkpoint))  # the paper's values beside the paper's model only
         check_output_folder(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         started, results = time.time(), []

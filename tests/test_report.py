@@ -36,7 +36,8 @@ def checkpoint(tmp_path_factory):
     return folder
 
 
-def test_report_runs_every_row_and_resumes(checkpoint, tmp_path, capsys):
+def test_report_runs_every_row_and_resumes(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(report, "_chain", lambda folder: ("mnist", "infusion", 15, 0.0, 0.01))  # the paper's chain
     output = str(tmp_path / "report")
     assert report.main(["--checkpoint", checkpoint, "--output-dir", output, *QUICK]) == 0
     names = ["lower_bound", "importance_sampling_k2", "importance_sampling_k6", "parzen", "sample_quality",
@@ -79,10 +80,24 @@ def test_bad_flags_are_one_error_line(checkpoint, tmp_path, capsys, flags, messa
 
 def test_the_papers_values_stand_only_beside_mnist(checkpoint, tmp_path, monkeypatch):
     output = str(tmp_path / "report")
-    monkeypatch.setattr(report, "_dataset", lambda folder: "fashion_mnist")  # the tiny run's data, another name
+    monkeypatch.setattr(report, "_chain", lambda folder: ("fashion_mnist", "infusion", 15, 0.0, 0.01))
     assert report.main(["--checkpoint", checkpoint, "--output-dir", output, *QUICK, "--only", "lower_bound"]) == 0
     row = [line for line in open(os.path.join(output, "report.md")).read().splitlines() if line.startswith("| lower")]
     assert len(row) == 1 and "1350.60" not in row[0] and row[0].split(" | ")[2] == ""
+
+
+@pytest.mark.parametrize("chain, lower_bound, others", [
+    (("mnist", "infusion", 15, 0.0, 0.01), "1350.60 +- 0.08", True),  # Tables 1 and 2
+    (("mnist", "infusion", 5, 0.0, 0.1), "1448.66 (Table 4)", False),  # Table 4: the bound alone
+    (("mnist", "infusion", 1, 0.3, 0.0), "1209.39 (Table 4)", False),
+    (("mnist", "infusion", 3, 0.0, 0.01), "", False),  # a chain the paper did not train
+    (("mnist", "dvae", None, None, None), "", False),
+])
+def test_the_papers_values_stand_beside_the_papers_chain_only(chain, lower_bound, others):
+    args = report.report_parser().parse_args(["--checkpoint", "x"])
+    rows = {row.name: row.paper for row in report.papers_rows(report.plan(args), chain)}
+    assert rows["lower_bound"] == lower_bound
+    assert (rows["parzen"] == "312 +- 1.7") == others and (rows["isotropic"] == "413.30 +- 0.46") == others
 
 
 def test_other_weights_are_evaluated_and_recorded(checkpoint, tmp_path):
