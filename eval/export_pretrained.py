@@ -22,6 +22,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -247,12 +248,16 @@ def _readme(settings: ExportSettings, config, weights_path: str, results: list[s
     check, recomputed = summary["check"], summary.get("check_recomputed")
     output, source = _display(settings.output), _display(settings.checkpoint)
     weights_name = os.path.basename(weights_path)
+    shipped_name = summary["weights"]  # best.weights.h5, or last.weights.h5 for the last weights
+    snapshot = re.fullmatch(r"epoch(\d+)\.weights\.h5", weights_name)
     if weights_name.startswith("best") and "best_epoch" in history:
         chosen = f"the best validation lower bound, epoch {history['best_epoch']}"
         if "best_val_lower_bound" in history:
             chosen += f" ({history['best_val_lower_bound']:.1f} nats, batch statistics)"
     elif weights_name.startswith("last") and "epochs" in history:
         chosen = f"the last epoch, {history['epochs']}"
+    elif snapshot:
+        chosen = f"the snapshot of epoch {int(snapshot.group(1))}"
     else:
         chosen = "as saved"
     lines = [
@@ -267,7 +272,7 @@ def _readme(settings: ExportSettings, config, weights_path: str, results: list[s
         f"- Objective: {config.objective}; Adam {config.learning_rate}, batch {config.batch_size}, "
         f"dequantize = {config.dequantize}, seed {config.seed}. Every setting is in `config.json`.", "",
         "## Training", "",
-        f"- Run folder: `{source}`; weights `{_display(weights_path)}`, {chosen}, shipped as `{weights_name}` "
+        f"- Run folder: `{source}`; weights `{_display(weights_path)}`, {chosen}, shipped as `{shipped_name}` "
         "without optimizer state.",
     ]
     if "epochs" in history:
@@ -279,7 +284,8 @@ def _readme(settings: ExportSettings, config, weights_path: str, results: list[s
                  f"`{_training_command(config, source)}`")
     lines += [f"- {note}" for note in settings.note] or [
         "- Training commit, hardware and wall time: not recorded in the run folder."]
-    lines.append(f"- Exported by `python eval/export_pretrained.py --checkpoint {source} --output {output}` at "
+    chosen_flag = "" if settings.weights in (None, "best") else f" --weights {_display(weights_path)}"
+    lines.append(f"- Exported by `python eval/export_pretrained.py --checkpoint {source}{chosen_flag} --output {output}` at "
                  f"commit `{commit or 'unknown'}`.")
     if results:
         lines += ["", "## Results", "", "From the run folder's `eval/run.py` results, copied here:", "",

@@ -198,6 +198,24 @@ def test_export_overwrite_replaces_the_folder(checkpoint, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["mnist"]
 
 
+def test_export_of_a_snapshot_names_it_and_ships_it_as_best(checkpoint, tmp_path):
+    """--weights checkpoints/epochNNNN.weights.h5 (a snapshot chosen by a learning curve): shipped as
+    best.weights.h5, and the README says which snapshot and how it was exported."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run)
+    snapshot = run / "checkpoints" / "epoch0002.weights.h5"
+    shutil.copy(run / "checkpoints" / "best.weights.h5", snapshot)
+    shipped = tmp_path / "shipped"
+    assert export.main(["--checkpoint", str(run), "--weights", str(snapshot), "--output", str(shipped),
+                        "--check-examples", "5", "--check-chains", "1"]) == 0
+    assert (shipped / "best.weights.h5").is_file() and not (shipped / "epoch0002.weights.h5").exists()
+    readme = (shipped / "README.md").read_text()
+    assert "the snapshot of epoch 2, shipped as `best.weights.h5`" in readme
+    assert f"--weights {snapshot}" in readme
+
+
 def test_figures_and_export_use_the_data_the_run_recorded(checkpoint, tmp_path, capsys):
     """A run that recorded its data in a folder of IDX files: figures and export find them there without
     --data-dir; the export ships the record without that folder (eval of the shipped folder then reads the
