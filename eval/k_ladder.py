@@ -5,7 +5,8 @@ Any model with the `likelihood` capability. The evaluated points are those of `e
 (the split's first --num-examples, dequantized as the run trained, noise fixed by the seed); the log-weights come
 from the model's `log_weights` through the shared scorer (infusion_tf/k_ladder.py says how each rung reads them).
 Results go to <checkpoint>/results_k_ladder.json (or --output); the scored rows are kept in <output>.partial.npz
-while it runs (every two minutes, with the ladder over the examples scored so far in <output>.so_far.json), and a
+while it runs (every two minutes, with the ladder over the examples scored so far in <output>.so_far.json, and as
+markdown tables in <output>.so_far.md; the finished ladder's tables go to <output stem>.md), and a
 rerun with the same settings and weights continues from them. A kept row is each example's rung statistics, not its
 k log-weights (about 0.5 kB per example at six rungs), so the partial file can be committed or copied and the ladder continued on
 another machine, in pieces over several sessions.
@@ -108,6 +109,7 @@ def run(settings: LadderSettings) -> dict:
                 print(f"continuing from {len(done)} scored examples in {partial}")
 
     so_far = os.path.splitext(output)[0] + ".so_far.json"
+    so_far_md = os.path.splitext(output)[0] + ".so_far.md"  # the same as tables, for a results page
     last_save = [time.time()]
 
     def save(rows):
@@ -118,9 +120,11 @@ def run(settings: LadderSettings) -> dict:
             return
         last_save[0] = time.time()
         files.atomic_write(partial, lambda tmp: np.savez(tmp, key=key, **dataclasses.asdict(rows)))
-        files.write_json(so_far, {"complete": False, "examples_scored": len(rows), "of": len(x),
-                                  "rungs": k_ladder.ladder_from_rows(rows, settings.rungs),
-                                  "per_step": k_ladder.step_terms(rows), "settings": dataclasses.asdict(settings)})
+        rungs, per_step = k_ladder.ladder_from_rows(rows, settings.rungs), k_ladder.step_terms(rows)
+        files.write_json(so_far, {"complete": False, "examples_scored": len(rows), "of": len(x), "rungs": rungs,
+                                  "per_step": per_step, "settings": dataclasses.asdict(settings)})
+        files.write_text(so_far_md, f"The ladder over the first {len(rows)} of {len(x)} examples (in progress).\n\n"
+                         + k_ladder.ladder_markdown(rungs, per_step))
         print(f"{len(rows)}/{len(x)} examples, {time.time() - started:.0f} s (the ladder so far: {so_far})",
               flush=True)
 
@@ -137,7 +141,9 @@ def run(settings: LadderSettings) -> dict:
               "cpu_seconds_this_process": time.process_time() - cpu_started,
               "resumed_from_examples": 0 if done is None else int(len(done)), "environment": provenance.environment()}
     files.write_json(output, result)
-    for path in (partial, so_far):
+    files.write_text(os.path.splitext(output)[0] + ".md", f"The ladder over {len(rows)} examples.\n\n"
+                     + k_ladder.ladder_markdown(result["rungs"], result["per_step"]))
+    for path in (partial, so_far, so_far_md):
         if os.path.isfile(path):
             os.remove(path)
     return {**result, "output": output}

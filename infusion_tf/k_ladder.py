@@ -25,7 +25,8 @@ import math
 
 import numpy as np
 
-__all__ = ["Draws", "Rows", "log_weight_matrix", "ladder_rows", "rung_rows", "step_terms", "ladder", "ladder_from_rows"]
+__all__ = ["Draws", "Rows", "log_weight_matrix", "ladder_rows", "rung_rows", "step_terms", "ladder", "ladder_from_rows",
+           "ladder_markdown"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,3 +184,24 @@ def ladder_from_rows(rows: Rows | dict, ks) -> list[dict]:
 def ladder(log_weights: np.ndarray, ks) -> list[dict]:
     """`ladder_from_rows` of the rows of log_weights [n, K] (float64) for the rungs ks (each <= K)."""
     return ladder_from_rows(rung_rows(log_weights, ks), ks)
+
+
+def ladder_markdown(rungs: list[dict], per_step: list[dict]) -> str:
+    """The ladder as two markdown tables, for a results page: one row per rung (importance sampling with its standard
+    error over examples, the bound of the same draws, the median and largest log-weight, max - log k, the spread of
+    the log-weights and the ESS), then the per-step terms (`step_terms`: mean, and root mean square over examples of
+    the standard deviation over the draws). Numbers in nats."""
+    lines = ["| k | importance sampling, Eq. 2 | lower bound of the same draws, Eq. 3 | median log w | max log w | "
+             "max log w - log k | std of log w over the draws | ESS: mean / median / min |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rungs:
+        k = r["k"]
+        lines.append(f"| {k:,} | {r['importance_sampling_nats']:.1f} (s.e. {r['importance_sampling_standard_error']:.1f}) "
+                     f"| {r['lower_bound_nats']:.1f} | {r['median_log_weight_nats']:.1f} | {r['max_log_weight_nats']:.1f} "
+                     f"| {r['max_log_weight_nats'] - math.log(k):.1f} | {r['log_weight_std_mean']:.0f} "
+                     f"| {r['ess_mean']:.2f} / {r['ess_median']:.2f} / {r['ess_min']:.2f} |".replace(",", " "))
+    lines += ["", "| step | " + " | ".join(str(t["step"]) for t in per_step) + " |",
+              "| --- |" + " --- |" * len(per_step),
+              "| mean (nats) | " + " | ".join(f"{t['mean_nats']:.1f}" for t in per_step) + " |",
+              "| spread over the draws (nats) | " + " | ".join(f"{t['std_over_proposals']:.0f}" for t in per_step) + " |"]
+    return "\n".join(lines) + "\n"

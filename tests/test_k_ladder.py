@@ -162,6 +162,9 @@ def test_an_interrupted_ladder_reports_so_far_and_resumes_to_the_uninterrupted_r
     so_far = json.loads((tmp_path / "cut.so_far.json").read_text())
     assert (so_far["complete"], so_far["examples_scored"], so_far["of"]) == (False, 2, 6)
     assert so_far["rungs"][0]["num_examples"] == 2 and not (tmp_path / "cut.json").exists()
+    table = (tmp_path / "cut.so_far.md").read_text()  # the same ladder as markdown tables
+    assert "first 2 of 6 examples" in table
+    assert f"| 20 | {so_far['rungs'][1]['importance_sampling_nats']:.1f} (s.e." in table
     kept = tmp_path / "cut.json.partial.npz"  # each example's rung statistics, not its k log-weights
     with np.load(kept) as saved:
         assert "log_weights" not in saved and saved["estimate"].shape == (2, 2)
@@ -170,3 +173,19 @@ def test_an_interrupted_ladder_reports_so_far_and_resumes_to_the_uninterrupted_r
     cut, whole = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("cut", "whole"))
     assert cut["resumed_from_examples"] == 2 and cut["rungs"] == whole["rungs"]
     assert not (tmp_path / "cut.so_far.json").exists() and not (tmp_path / "cut.json.partial.npz").exists()
+    assert not (tmp_path / "cut.so_far.md").exists()
+    final = (tmp_path / "cut.md").read_text()
+    assert "over 6 examples" in final and f"| 1 | {cut['rungs'][0]['importance_sampling_nats']:.1f}" in final
+    assert final.count("\n| mean (nats) | ") == 1 and final.count(" | ") > 3 * 8
+
+
+def test_ladder_markdown_has_a_row_per_rung_and_a_column_per_step():
+    l = np.random.default_rng(0).normal(size=(5, 2000)) * 3.0
+    rungs = k_ladder.ladder(l, [1, 10, 2000])
+    steps = [{"step": s, "mean_nats": -1.5 * s, "std_over_proposals": 2.0 + s} for s in range(4)]
+    text = k_ladder.ladder_markdown(rungs, steps)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[0] for row in rows[1:4]] == ["| 1", "| 10", "| 2 000"]
+    top = rungs[-1]
+    assert f"| {top['max_log_weight_nats'] - np.log(2000):.1f} |" in rows[3]
+    assert rows[-2] == "| mean (nats) | -0.0 | -1.5 | -3.0 | -4.5 |" and rows[-1].endswith("| 2 | 3 | 4 | 5 |")
