@@ -180,6 +180,11 @@ def _value(result: dict) -> str:
     return text
 
 
+def _shown(arguments) -> list[str]:
+    """eval/run.py arguments as a reader types them: a path of this machine (--weights) made portable."""
+    return [provenance.portable_path(a) if os.path.isabs(a) else a for a in arguments]
+
+
 def write_report(checkpoint: str, rows: list[Row], results: list[dict], output_dir: str) -> str:
     """Writes report.md and report.json in output_dir; returns report.md's text."""
     env, shown = results[0].get("environment", {}), provenance.portable_path(checkpoint)  # no folder of this machine
@@ -196,14 +201,12 @@ def write_report(checkpoint: str, rows: list[Row], results: list[dict], output_d
         commit = (env.get("git_commit") or "?")[:7] + ("-dirty" if env.get("git_dirty") else "")
         seconds = result["wall_seconds"]
         wall = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-        shown_arguments = " ".join(provenance.portable_path(a) if os.path.isabs(a) else a for a in row.arguments)
         lines.append(f"| {row.label} | {_value(result)} | {row.paper} | {result['settings']['repeats']} | "
-                     f"{wall} | `{commit}` | `{shown_arguments}` |")
+                     f"{wall} | `{commit}` | `{' '.join(_shown(row.arguments))}` |")
     text = "\n".join(lines) + "\n"
     files.write_text(os.path.join(output_dir, "report.md"), text)  # whole or absent, as report.json
     files.write_json(os.path.join(output_dir, "report.json"),
-                     {"checkpoint": shown, "rows": [{"name": r.name, "label": r.label, "arguments": [
-                         provenance.portable_path(a) if os.path.isabs(a) else a for a in r.arguments],
+                     {"checkpoint": shown, "rows": [{"name": r.name, "label": r.label, "arguments": _shown(r.arguments),
                                                      "result": res} for r, res in zip(rows, results)]})
     return text
 
